@@ -1,0 +1,5 @@
+"""Hyperbolic deep metric learning for pytorch-metric-learning."""
+
+__version__ = "0.1.0"
+
+from . import distances, layers, losses, miners, poincare, utils  # noqa: E402,F401

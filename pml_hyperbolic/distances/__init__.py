@@ -1,0 +1,1 @@
+from .poincare_distance import PoincareDistance

@@ -1,0 +1,1 @@
+from .to_poincare import ToPoincare

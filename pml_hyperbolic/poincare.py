@@ -1,0 +1,352 @@
+r"""Functional math of the Poincaré ball :math:`\mathbb{D}^n_c = \{x : c\|x\|^2 < 1\}`, curvature :math:`-c`, c > 0.
+
+Every function takes the curvature ``c`` as a Python float or a tensor (a learnable curvature works: everything
+is differentiable in ``c``) and works on the last dimension. Notation used in the docstrings:
+
+* :math:`\alpha_x = 1 - c\|x\|^2` (positive inside the ball), :math:`\lambda_x = 2/\alpha_x` (conformal factor),
+* :math:`A = \|x - y\|^2`.
+
+The distance is evaluated in the asinh form, well conditioned both for close pairs and near the boundary:
+
+.. math::
+
+    d_c(x, y) = \frac{2}{\sqrt c}\,\operatorname{asinh}\sqrt{\frac{c\,\|x-y\|^2}{\alpha_x\,\alpha_y}}
+              = \frac{2}{\sqrt c}\,\operatorname{artanh}\!\left(\sqrt c\,\|(-x)\oplus_c y\|\right).
+
+Numerical rules (see CONTRIBUTING.md): half-precision inputs are computed in float32 and autocast is disabled
+inside, the norms :math:`\|x\|^2` (hence :math:`\alpha`) are accumulated in float64, :math:`\operatorname{asinh}`
+is evaluated as ``log1p`` (exact near 0), and :math:`d(x, x)` is exactly 0 with a zero gradient.
+"""
+
+import contextlib
+import math
+
+import torch
+
+__all__ = [
+    "boundary_eps",
+    "clip_features",
+    "cdist",
+    "dist",
+    "dist0",
+    "expmap0",
+    "lambda_x",
+    "logmap0",
+    "max_norm",
+    "project",
+    "riemannian_gradient",
+]
+
+# Relative distance to the boundary kept by `project`, per dtype. float32 and float64 can go very close because the
+# distance is computed without cancellation; half types keep a margin that survives rounding to their mantissa.
+_BOUNDARY_EPS = {torch.float64: 1e-5, torch.float32: 1e-5, torch.float16: 4e-3, torch.bfloat16: 3e-2}
+# `cdist` recomputes ||x - y||^2 from exact differences for the pairs where the matrix product may have cancelled:
+# ||x-y||^2 <= kappa * (||x||^2 + ||y||^2). The GEMM error is a few ulps of ||x||^2 + ||y||^2, so kappa bounds the
+# relative error of A on the remaining pairs by ~ulp / kappa (float32: about 1e-6 relative error in d).
+_CANCELLATION_KAPPA = {torch.float64: 1e-6, torch.float32: 0.1}
+# Gathered exact differences are processed in chunks of at most this many elements (bounded extra memory).
+_CHUNK_ELEMENTS = 1 << 22
+
+
+def _as_c(c, like):
+    """The curvature as a tensor on ``like``'s device and dtype (keeps the autograd graph of a tensor ``c``)."""
+    if isinstance(c, torch.Tensor):
+        return c.to(device=like.device, dtype=like.dtype)
+    return torch.tensor(float(c), device=like.device, dtype=like.dtype)
+
+
+def _work_dtype(dtype):
+    """Internal dtype: float64 stays, everything else (float32, float16, bfloat16) is computed in float32."""
+    return torch.float64 if dtype == torch.float64 else torch.float32
+
+
+@contextlib.contextmanager
+def _full_precision(device):
+    """Disable autocast and TF32 matmuls: the hyperbolic math needs true float32 products."""
+    cuda = device.type == "cuda"
+    tf32 = torch.backends.cuda.matmul.allow_tf32 if cuda else None
+    if cuda:
+        torch.backends.cuda.matmul.allow_tf32 = False
+    try:
+        with torch.autocast(device_type=device.type, enabled=False):
+            yield
+    finally:
+        if cuda:
+            torch.backends.cuda.matmul.allow_tf32 = tf32
+
+
+def boundary_eps(dtype):
+    """Relative margin to the boundary that :func:`project` keeps for ``dtype``."""
+    return _BOUNDARY_EPS.get(dtype, 1e-5)
+
+
+def max_norm(c, dtype=torch.float32):
+    r"""Largest Euclidean norm kept by :func:`project`: :math:`(1 - \epsilon_{dtype}) / \sqrt c`."""
+    return (1 - boundary_eps(dtype)) / c**0.5
+
+
+def project(x, c, dim=-1, eps=None):
+    r"""Project into the ball: :math:`x \cdot \min(1, r_{max}/\|x\|)` with :math:`r_{max} = (1-\epsilon)/\sqrt c`.
+
+    Idempotent (bitwise): projected rows land strictly below :math:`r_{max}` and are left alone by a second call.
+    """
+    c = _as_c(c, x)
+    eps = boundary_eps(x.dtype) if eps is None else eps
+    r_max = (1 - eps) / c.sqrt()
+    norm = x.norm(dim=dim, keepdim=True)
+    # Target slightly inside r_max so that the rounded norm of the result is not above r_max again.
+    target = r_max * (1 - 8 * torch.finfo(x.dtype).eps)
+    scale = torch.where(norm > r_max, target / norm.clamp_min(torch.finfo(x.dtype).tiny), torch.ones_like(norm))
+    return x * scale
+
+
+def clip_features(x, r, dim=-1):
+    r"""Feature clipping (Guo et al., CVPR 2022): :math:`x \cdot \min(1, r / \|x\|)`."""
+    norm = x.norm(dim=dim, keepdim=True).clamp_min(torch.finfo(x.dtype).tiny)
+    return x * (r / norm).clamp(max=1)
+
+
+def expmap0(u, c, dim=-1):
+    r"""Exponential map at the origin: :math:`\exp_0(u) = \tanh(\sqrt c\|u\|)\,u / (\sqrt c\|u\|)`.
+
+    The result is projected (:func:`project`) since tanh rounds to 1 for large arguments.
+    """
+    c = _as_c(c, u)
+    sqrt_c = c.sqrt()
+    norm = u.norm(dim=dim, keepdim=True).clamp_min(torch.finfo(u.dtype).tiny)
+    scaled = sqrt_c * norm
+    # tanh(t)/t, continuous at t = 0 where it equals 1.
+    factor = torch.where(scaled < 1e-4, 1 - scaled**2 / 3, torch.tanh(scaled) / scaled)
+    return project(u * factor, c, dim=dim)
+
+
+def logmap0(x, c, dim=-1):
+    r"""Logarithmic map at the origin: :math:`\log_0(x) = \operatorname{artanh}(\sqrt c\|x\|)\,x / (\sqrt c\|x\|)`."""
+    c = _as_c(c, x)
+    sqrt_c = c.sqrt()
+    norm = x.norm(dim=dim, keepdim=True).clamp_min(torch.finfo(x.dtype).tiny)
+    scaled = (sqrt_c * norm).clamp(max=1 - torch.finfo(x.dtype).eps)
+    factor = torch.where(scaled < 1e-4, 1 + scaled**2 / 3, torch.atanh(scaled) / scaled)
+    return x * factor
+
+
+def lambda_x(x, c, dim=-1, keepdim=False):
+    r"""Conformal factor :math:`\lambda_x = 2 / (1 - c\|x\|^2)`."""
+    c = _as_c(c, x)
+    return 2 / (1 - c * x.pow(2).sum(dim=dim, keepdim=keepdim))
+
+
+def _asinh_sqrt(q):
+    r"""(asinh(sqrt(q)), sqrt(q), sqrt(1+q)) with asinh(s) = log1p(s + s^2/(1 + sqrt(1+s^2))): exact near 0,
+    and several times faster than ``torch.asinh`` on CPU."""
+    s = q.sqrt()
+    r = (1 + q).sqrt()
+    return torch.log1p(s + q / (1 + r)), s, r
+
+
+def dist0(x, c, dim=-1, keepdim=False):
+    r"""Distance to the origin: :math:`d_c(0, x) = \frac{2}{\sqrt c}\operatorname{artanh}(\sqrt c\|x\|)
+    = \frac{2}{\sqrt c}\operatorname{asinh}\sqrt{c\|x\|^2/\alpha_x}`."""
+    out_dtype = torch.promote_types(x.dtype, torch.float32)
+    with _full_precision(x.device):
+        xw = x.to(torch.float64)
+        cw = _as_c(c, xw)
+        u = xw.pow(2).sum(dim=dim, keepdim=keepdim)
+        q = (cw * u / (1 - cw * u)).clamp_min(1e-300)
+        d = 2 / cw.sqrt() * _asinh_sqrt(q)[0]
+    return d.to(out_dtype)
+
+
+def dist(x, y, c, dim=-1, keepdim=False):
+    r"""Row-wise distance :math:`d_c(x_i, y_i)` (broadcasting), from exact differences :math:`x - y`.
+
+    .. math:: d_c(x, y) = \frac{2}{\sqrt c}\operatorname{asinh}\sqrt{\frac{c\,\|x-y\|^2}{\alpha_x\alpha_y}}
+
+    Computed in float64 (it is O(N·D)); returned in ``promote(x.dtype, float32)``. ``d(x, x) = 0`` with zero gradient.
+    """
+    out_dtype = torch.promote_types(torch.promote_types(x.dtype, y.dtype), torch.float32)
+    with _full_precision(x.device):
+        xw, yw = x.to(torch.float64), y.to(torch.float64)
+        cw = _as_c(c, xw)
+        a = (xw - yw).pow(2).sum(dim=dim, keepdim=keepdim)
+        alpha = 1 - cw * xw.pow(2).sum(dim=dim, keepdim=keepdim)
+        beta = 1 - cw * yw.pow(2).sum(dim=dim, keepdim=keepdim)
+        # The clamp passes a zero gradient at x = y (where sqrt has an infinite derivative).
+        q = (cw * a / (alpha * beta)).clamp_min(1e-300)
+        d = 2 / cw.sqrt() * _asinh_sqrt(q)[0]
+        d = torch.where(a > 0, d, torch.zeros_like(d))
+    return d.to(out_dtype)
+
+
+def _where_at_most(z, thr, block=64):
+    """Indices (rows, cols) of the entries ``z[i, j] <= thr[i]`` of the 2-D tensor ``z``.
+
+    Block minima along each row (a fast reduction) rule out most of the matrix; only blocks holding a candidate
+    are compared element-wise. Falls back to a full scan when candidates are dense.
+    """
+    n, m = z.shape
+    m0 = m - m % block
+    blocks = (z[:, :m0].reshape(n, m0 // block, block).amin(2) <= thr.unsqueeze(1)).nonzero()
+    if blocks.shape[0] * block * 4 > n * m:
+        return (z <= thr.unsqueeze(1)).nonzero(as_tuple=True)
+    rows = blocks[:, :1].expand(-1, block).reshape(-1)
+    cols = (blocks[:, 1:] * block + torch.arange(block, device=z.device)).reshape(-1)
+    hit = z[rows, cols] <= thr[rows]
+    tail_rows, tail_cols = (z[:, m0:] <= thr.unsqueeze(1)).nonzero(as_tuple=True)
+    return torch.cat([rows[hit], tail_rows]), torch.cat([cols[hit], tail_cols + m0])
+
+
+def _exact_sq_dists(x, y, rows, cols):
+    """||x[rows] - y[cols]||^2 from exact differences, in chunks of bounded size."""
+    out = torch.empty(rows.numel(), dtype=x.dtype, device=x.device)
+    step = max(1, _CHUNK_ELEMENTS // max(1, x.shape[1]))
+    for s in range(0, rows.numel(), step):
+        out[s : s + step] = (x[rows[s : s + step]] - y[cols[s : s + step]]).pow(2).sum(1)
+    return out
+
+
+def _exact_pair_grads(x, y, rows, cols, wx, wy, grad_x, grad_y):
+    """grad_x[rows] += wx (x[rows] - y[cols]);  grad_y[cols] -= wy (x[rows] - y[cols])  (chunked)."""
+    step = max(1, _CHUNK_ELEMENTS // max(1, x.shape[1]))
+    for s in range(0, rows.numel(), step):
+        r, k = rows[s : s + step], cols[s : s + step]
+        diff = x[r] - y[k]
+        grad_x.index_add_(0, r, wx[s : s + step, None] * diff)
+        grad_y.index_add_(0, k, wy[s : s + step, None] * diff, alpha=-1)
+
+
+class _PoincareCdist(torch.autograd.Function):
+    r"""N×M Poincaré distances from one matrix product, with a hand-written backward of three matrix products.
+
+    Inputs are in the working dtype (float32 or float64): ``u``/``v`` are the squared norms and ``a``/``b`` the
+    inverse conformal terms 1/alpha, 1/beta (computed in float64 by the caller).
+
+    Forward: ``Z_ij = c a_i A_ij = c a_i (u_i + v_j - 2 x_i.y_j)`` is one GEMM plus a rank-1 update, then
+    ``q = b_j Z_ij = c A / (alpha beta)``. Where ``Z_ij <= c a_i kappa (u_i + max v)`` the product may have cancelled
+    (close pairs): those pairs are recomputed from exact differences. The distance uses
+    ``asinh(s) = log1p(2 s (s + r)) / 2`` (s = sqrt(q), r = sqrt(1 + q)), so the only extra N×M buffer is
+    ``w = sqrt(2) s r``, which is all the backward needs.
+
+    Backward: with ``K = G b_j / (s r)`` every row and column sum of the gradient comes out of ``K @ y``,
+    ``K @ [1, v]``, ``K^T @ (a x)`` and ``[a, a u]^T @ K``; the recomputed pairs take an exact-difference path. ``K``
+    is computed in ``w``'s buffer (``w`` is recomputed from ``d`` if a retained graph is backpropagated again).
+    """
+
+    @staticmethod
+    def forward(ctx, x, y, c, u, v, a, b):
+        ca = c * a
+        z = torch.addmm((ca * u).unsqueeze(1), x * (-2 * ca).unsqueeze(1), y.t())
+        z.addr_(ca, v)  # z = c a_i (u_i + v_j - 2 x_i.y_j)
+        threshold = ca * (_CANCELLATION_KAPPA[x.dtype] * (u + v.max()) + torch.finfo(x.dtype).tiny ** 0.5)
+        rows, cols = _where_at_most(z, threshold)
+        q2 = z.mul_((2 * b).unsqueeze(0))  # 2q = 2c A / (alpha beta), in place
+        q_exact = None
+        if rows.numel():
+            q_exact = _exact_sq_dists(x, y, rows, cols).mul_(ca[rows] * b[cols])
+            q2[rows, cols] = 2 * q_exact
+        w = torch.addcmul(q2, q2, q2, value=0.5).sqrt_()  # sqrt(2q + 2q^2) = sqrt(2) s r
+        d = q2.add_(w, alpha=math.sqrt(2)).log1p_().mul_(1 / c.sqrt())  # log1p(2q + 2sr)/sqrt(c), in place
+        ctx.w = w
+        ctx.save_for_backward(x, y, c, u, v, a, b, rows, cols, q_exact, d)
+        return d
+
+    @staticmethod
+    def backward(ctx, grad):
+        x, y, c, u, v, a, b, rows, cols, q_exact, d = ctx.saved_tensors
+        need_x, need_y, need_c = ctx.needs_input_grad[:3]
+        if not (need_x or need_y or need_c):
+            return (None,) * 7
+        with _full_precision(x.device):
+            w, ctx.w = ctx.w, None
+            if w is None:  # second backward through a retained graph: sqrt(2) s r = sinh(sqrt(c) d) / sqrt(2)
+                w = torch.sinh(c.sqrt() * d).div_(math.sqrt(2))
+            # dd/dq = 1 / (sqrt(c) s r);  K = G b_j / (sqrt(2) s r); the sqrt(2) is folded into the weights below
+            K = torch.div(grad.to(x.dtype), w, out=w).mul_(b.unsqueeze(0))
+            exact = rows.numel() > 0
+            if exact:
+                k_exact = K[rows, cols]
+                k_exact = torch.where(q_exact > 0, k_exact, torch.zeros_like(k_exact))  # d(x, x): zero gradient
+                K[rows, cols] = 0  # these pairs take the exact-difference path
+                p_exact = k_exact * q_exact / b[cols]  # P / sqrt(2) of the recomputed pairs
+            # sum_j K_ij y_j, sum_j K_ij, sum_j K_ij v_j, sum_i K_ij a_i x_i, sum_i K_ij a_i, sum_i K_ij a_i u_i
+            Sy = K @ y
+            Sb, Sbv = (K @ torch.stack([torch.ones_like(v), v], 1)).unbind(1)
+            Tx = K.t() @ (x * a.unsqueeze(1))
+            Ta, Tau = (torch.stack([a, a * u]) @ K).unbind(0)
+            del K, w
+            # Row / column sums of P_ij / sqrt(2) = (G_ij / (sqrt(2) s r)) q_ij = K_ij c a_i (u_i + v_j - 2 x_i.y_j)
+            rowP = c * a * (u * Sb + Sbv - 2 * torch.linalg.vecdot(x, Sy))
+            colP = c * (v * Ta + Tau - 2 * torch.linalg.vecdot(y, Tx))
+            if exact:
+                rowP = rowP.index_add(0, rows, p_exact)
+                colP = colP.index_add(0, cols, p_exact)
+            # dL/dx_i = 2 sqrt(c) a_i [ sum_j K_ij (x_i - y_j) + x_i sum_j P_ij ]   (K with the b_j factor)
+            # dL/dy_j = 2 sqrt(c) [ sum_i K_ij a_i (y_j - x_i) + b_j y_j sum_i P_ij ]
+            scale = 2 * math.sqrt(2) * c.sqrt()
+            wx = scale * a
+            grad_x = torch.addcmul(Sy.mul(-wx.unsqueeze(1)), x, ((Sb + rowP) * wx).unsqueeze(1))
+            grad_y = Tx.mul_(-scale).addcmul_(y, ((Ta + b * colP) * scale).unsqueeze(1))
+            if exact:
+                _exact_pair_grads(x, y, rows, cols, wx[rows] * k_exact, scale * a[rows] * k_exact, grad_x, grad_y)
+            grad_c = None
+            if need_c:
+                # dd/dc = -d / (2c) + (s / (sqrt(c) r)) (1/c) (a_i + b_j - 1);  rowP, colP hold sums of P / sqrt(2)
+                grad_c = math.sqrt(2) * (torch.dot(a, rowP) + torch.dot(b, colP) - rowP.sum()) / (c * c.sqrt())
+                grad_c = grad_c - torch.vdot(grad.flatten().to(x.dtype), d.flatten()) / (2 * c)
+            return grad_x if need_x else None, grad_y if need_y else None, grad_c, None, None, None, None
+
+
+def _sq_norms(x, c64):
+    """Row-wise ||x||^2, as float64: summed in x's dtype, and again in float64 for the rows near the boundary
+    (c ||x||^2 > 0.9), where 1 - c ||x||^2 amplifies the rounding error more than tenfold."""
+    u = torch.linalg.vecdot(x, x).to(torch.float64)
+    near = (c64 * u > 0.9).nonzero().squeeze(1)
+    if near.numel():
+        u[near] = torch.linalg.vector_norm(x[near], dim=1, dtype=torch.float64).square()
+    return u
+
+
+def cdist(x, y, c):
+    r"""Pairwise distance matrix :math:`D_{ij} = d_c(x_i, y_j)` for ``x`` (N×D) and ``y`` (M×D).
+
+    .. math:: D_{ij} = \frac{2}{\sqrt c}\operatorname{asinh}\sqrt{\frac{c\,A_{ij}}{\alpha_i\beta_j}},\qquad
+              A_{ij} = \|x_i\|^2 + \|y_j\|^2 - 2\,x_i\cdot y_j
+
+    Cost: one N×M×D matrix product forward, two backward, O(N·M) memory (never an N×M×D tensor). Accuracy: pairs
+    where the product can cancel (close pairs) get :math:`A_{ij}` from exact differences, so float32 inputs get
+    float64-like relative accuracy (≤1e-5) at float32 speed; identical points give exactly 0 with zero gradient.
+    Half-precision inputs and autocast are computed in float32; the result has dtype ``promote(x.dtype, float32)``.
+    """
+    if x.ndim != 2 or y.ndim != 2 or x.shape[1] != y.shape[1]:
+        raise ValueError(f"cdist expects x (N×D) and y (M×D) with the same D, got {tuple(x.shape)} and {tuple(y.shape)}")
+    out_dtype = torch.promote_types(torch.promote_types(x.dtype, y.dtype), torch.float32)
+    work = _work_dtype(out_dtype)
+    with _full_precision(x.device):
+        xw, yw = x.to(work), y.to(work)
+        cw = _as_c(c, xw)
+        with torch.no_grad():
+            # 1/alpha in float64 from the exact curvature (a float c is not rounded to float32 here)
+            c64 = _as_c(c.detach() if isinstance(c, torch.Tensor) else c, torch.empty((), dtype=torch.float64))
+            u, v = _sq_norms(xw.detach(), c64), _sq_norms(yw.detach(), c64)
+            a = (1 / (1 - c64 * u)).to(work)
+            b = (1 / (1 - c64 * v)).to(work)
+        return _PoincareCdist.apply(xw, yw, cw, u.to(work), v.to(work), a, b).to(out_dtype)
+
+
+class _RiemannianGradient(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, x, c):
+        ctx.save_for_backward(x, c)
+        return x.view_as(x)
+
+    @staticmethod
+    def backward(ctx, grad):
+        x, c = ctx.saved_tensors
+        scale = (1 - c.detach() * x.pow(2).sum(-1, keepdim=True)).pow(2) / 4
+        return grad * scale, None
+
+
+def riemannian_gradient(x, c):
+    r"""Identity in the forward pass; in the backward pass the gradient is scaled by
+    :math:`1/\lambda_x^2 = (1 - c\|x\|^2)^2/4` (Euclidean to Riemannian gradient, as in hyptorch's ToPoincare)."""
+    return _RiemannianGradient.apply(x, _as_c(c, x))
