@@ -1,36 +1,35 @@
 """Timing and peak-memory helpers shared by the benchmark scripts.
 
 Times are the minimum over repeats, with the methods interleaved so that machine noise hits them alike; every
-script prints ratios against a baseline measured in the same process. Peak memory is measured in a forked child
-process: the growth of its resident set (``ru_maxrss``) over its size when the measured call starts.
+script prints ratios against a baseline measured in the same process. Peak memory is the growth of the process's
+resident set during one call (Linux): freed heap memory is returned to the OS first (``malloc_trim``), the kernel's
+peak counter is reset (``/proc/self/clear_refs``), and ``VmHWM`` is read after the call.
 """
 
-import multiprocessing as mp
-import os
-import resource
+import ctypes
+import gc
 import time
 
-
-def _rss_bytes():
-    with open("/proc/self/statm") as f:
-        return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+_LIBC = ctypes.CDLL("libc.so.6")
 
 
-def _peak_child(fn, queue):
-    fn()  # warm-up: allocator pools, lazy initialisation
-    start = _rss_bytes()
-    fn()
-    queue.put(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024 - start)
+def _status_kb(key):
+    with open("/proc/self/status") as f:
+        for line in f:
+            if line.startswith(key):
+                return int(line.split()[1])
+    raise RuntimeError(f"{key} not found in /proc/self/status")
 
 
 def peak_memory_mb(fn):
-    """Extra resident memory (MB) at the peak of ``fn()``, measured in a forked child (Linux)."""
-    ctx = mp.get_context("fork")
-    queue = ctx.Queue()
-    proc = ctx.Process(target=_peak_child, args=(fn, queue))
-    proc.start()
-    proc.join()
-    return max(queue.get(), 0) / 2**20
+    """Extra resident memory (MB) at the peak of one ``fn()`` call."""
+    gc.collect()
+    _LIBC.malloc_trim(0)
+    start = _status_kb("VmRSS")
+    with open("/proc/self/clear_refs", "w") as f:
+        f.write("5")  # reset VmHWM to the current RSS
+    fn()
+    return max(_status_kb("VmHWM") - start, 0) / 1024
 
 
 def time_ms(fns, repeats=10, warmup=2):

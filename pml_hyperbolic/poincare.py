@@ -137,11 +137,8 @@ def lambda_x(x, c, dim=-1, keepdim=False):
 
 
 def _asinh_sqrt(q):
-    r"""(asinh(sqrt(q)), sqrt(q), sqrt(1+q)) with asinh(s) = log1p(s + s^2/(1 + sqrt(1+s^2))): exact near 0,
-    and several times faster than ``torch.asinh`` on CPU."""
-    s = q.sqrt()
-    r = (1 + q).sqrt()
-    return torch.log1p(s + q / (1 + r)), s, r
+    r"""asinh(sqrt(q)) as log1p(s + q / (1 + sqrt(1 + q))), s = sqrt(q): exact near 0, faster than ``torch.asinh``."""
+    return torch.log1p(q.sqrt() + q / (1 + (1 + q).sqrt()))
 
 
 def dist0(x, c, dim=-1, keepdim=False):
@@ -152,8 +149,8 @@ def dist0(x, c, dim=-1, keepdim=False):
         xw = x.to(torch.float64)
         cw = _as_c(c, xw)
         u = xw.pow(2).sum(dim=dim, keepdim=keepdim)
-        q = (cw * u / (1 - cw * u)).clamp_min(1e-300)
-        d = 2 / cw.sqrt() * _asinh_sqrt(q)[0]
+        q = (cw * u / (1 - cw * u)).clamp_min(1e-300)  # the clamp passes a zero gradient at x = 0
+        d = torch.where(u > 0, 2 / cw.sqrt() * _asinh_sqrt(q), torch.zeros_like(q))
     return d.to(out_dtype)
 
 
@@ -173,8 +170,7 @@ def dist(x, y, c, dim=-1, keepdim=False):
         beta = 1 - cw * yw.pow(2).sum(dim=dim, keepdim=keepdim)
         # The clamp passes a zero gradient at x = y (where sqrt has an infinite derivative).
         q = (cw * a / (alpha * beta)).clamp_min(1e-300)
-        d = 2 / cw.sqrt() * _asinh_sqrt(q)[0]
-        d = torch.where(a > 0, d, torch.zeros_like(d))
+        d = torch.where(a > 0, 2 / cw.sqrt() * _asinh_sqrt(q), torch.zeros_like(q))
     return d.to(out_dtype)
 
 
@@ -320,6 +316,8 @@ def cdist(x, y, c):
     if x.ndim != 2 or y.ndim != 2 or x.shape[1] != y.shape[1]:
         raise ValueError(f"cdist expects x (N×D) and y (M×D) with the same D, got {tuple(x.shape)} and {tuple(y.shape)}")
     out_dtype = torch.promote_types(torch.promote_types(x.dtype, y.dtype), torch.float32)
+    if x.shape[0] == 0 or y.shape[0] == 0:
+        return (x.sum(1, keepdim=True) + y.sum(1).unsqueeze(0)).to(out_dtype)  # empty N×M, attached to the graph
     work = _work_dtype(out_dtype)
     with _full_precision(x.device):
         xw, yw = x.to(work), y.to(work)
