@@ -1,1 +1,3 @@
+from .euclidean_hyperbolic_distance import EuclideanHyperbolicDistance
+from .hypmix_similarity import HypMixSimilarity
 from .poincare_distance import PoincareDistance

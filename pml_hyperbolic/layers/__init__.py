@@ -1,1 +1,2 @@
+from .euclidean_hyperbolic_head import EuclideanHyperbolicHead
 from .to_poincare import ToPoincare

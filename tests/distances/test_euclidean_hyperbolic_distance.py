@@ -1,0 +1,59 @@
+import math
+
+import pytest
+import torch
+
+from pml_hyperbolic.distances import EuclideanHyperbolicDistance
+from pml_hyperbolic.layers import EuclideanHyperbolicHead
+
+
+def ref_dist64(x, y, c):
+    A = ((x[:, None, :] - y[None, :, :]) ** 2).sum(-1)
+    t = 2 * c * A / ((1 - c * (x * x).sum(1))[:, None] * (1 - c * (y * y).sum(1))[None, :])
+    return torch.log1p(t + torch.sqrt((t * (t + 2)).clamp_min(1e-300))) / math.sqrt(c)
+
+
+@pytest.fixture(scope="module")
+def emb():
+    torch.manual_seed(0)
+    return EuclideanHyperbolicHead(16, 6, 5)(torch.randn(20, 16)).detach()
+
+
+def reference(emb, space, we=1.0, wh=1.0, c=0.1):
+    x = emb.double()
+    e = x[:, :6] / x[:, :6].norm(dim=1, keepdim=True)
+    de = torch.cdist(e, e, compute_mode="donot_use_mm_for_euclid_dist")
+    dh = ref_dist64(x[:, 6:], x[:, 6:], c)
+    return {"euclidean": de, "hyperbolic": dh, "both": torch.sqrt(we * de**2 + wh * dh**2)}[space]
+
+
+@pytest.mark.parametrize("space", ["euclidean", "hyperbolic", "both"])
+def test_each_space_matches_reference(emb, space):
+    d = EuclideanHyperbolicDistance(6, c=0.1, space=space, euclidean_weight=2.0, hyperbolic_weight=0.5)
+    ref = reference(emb, space, 2.0, 0.5)
+    assert torch.allclose(d(emb).double(), ref, atol=1e-4, rtol=1e-4)
+    assert torch.allclose(d.pairwise_distance(emb[:10], emb[10:]).double(), ref[:10, 10:].diagonal(), atol=1e-5, rtol=1e-5)
+
+
+def test_euclidean_space_ranks_like_cosine(emb):
+    d = EuclideanHyperbolicDistance(6, space="euclidean")(emb)
+    e = torch.nn.functional.normalize(emb[:, :6], dim=1)
+    cos = e @ e.t()
+    assert torch.equal(d.argsort(1)[:, 1:], (-cos).argsort(1)[:, 1:])
+
+
+def test_gradients_are_finite_on_the_diagonal(emb):
+    x = emb.clone().requires_grad_()
+    EuclideanHyperbolicDistance(6, space="both")(x).sum().backward()
+    assert torch.isfinite(x.grad).all()
+
+
+def test_errors(emb):
+    with pytest.raises(ValueError, match="space"):
+        EuclideanHyperbolicDistance(6, space="mixed")
+    with pytest.raises(ValueError, match="no ball part"):
+        EuclideanHyperbolicDistance(11)(emb)
+    bad = emb.clone()
+    bad[0, 6:] = 10.0
+    with pytest.raises(ValueError, match="inside the Poincaré ball"):
+        EuclideanHyperbolicDistance(6, space="hyperbolic")(bad)
