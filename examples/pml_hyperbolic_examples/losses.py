@@ -1,0 +1,134 @@
+"""The runner's loss registry: ``LOSSES[name](cfg, num_classes)`` returns a :class:`LossSetup`, everything the runner
+needs to train and evaluate that loss. Adding a loss is one builder function and one line in ``LOSSES``."""
+
+import dataclasses
+from typing import Callable, Optional
+
+import torch
+from pytorch_metric_learning import losses, regularizers
+
+from pml_hyperbolic.distances import PoincareDistance
+from pml_hyperbolic.losses import HIERLoss, HyperbolicSoftTripleLoss
+
+
+@dataclasses.dataclass
+class EvalSpace:
+    """How to rank test embeddings: ``knn`` is ``"poincare"`` (exact hyperbolic kNN, ball points) or ``"cosine"``;
+    ``columns`` selects part of the embedding (for heads that output several spaces side by side)."""
+
+    knn: str
+    columns: Optional[slice] = None
+
+
+@dataclasses.dataclass
+class LossSetup:
+    """A loss and what it needs from the runner.
+
+    Attributes:
+        loss: a pml loss (or ``MultipleLosses``) called as ``loss(embeddings, labels, indices_tuple)``.
+        space: the head's output: ``"ball"`` (``ToPoincare``), ``"sphere"`` (L2-normalised) or ``"euclidean"``
+            (``models.EmbeddingHead``), or a name describing ``head``.
+        eval_spaces: ``{name: EvalSpace}``; the first one selects the best model, all are reported.
+        lr_scales: ``[(module, learning-rate scale)]``: parts of the loss with parameters (proxies), trained by the
+            ``metric_loss_optimizer`` at ``--lr`` × scale (``pml_hyperbolic.utils.optim.param_groups``).
+        miner: an optional pml tuple miner (the trainer's ``tuple_miner``).
+        head_layer_norm, riemannian: head options (HIER's LayerNorm before the Linear, ``ToPoincare(riemannian)``).
+        lca_proxies: ``loss -> ball points`` of proxies that act as lowest common ancestors (HIER's hierarchical
+            proxies): drawn in the Poincaré-disk map and scored on how they group sibling classes.
+        proxies: ``loss -> {name: ball points}``: other proxies to draw in the map (e.g. class proxies).
+        head: ``in_features -> nn.Module``, a head replacing ``EmbeddingHead`` (e.g. pml_hyperbolic's
+            ``EuclideanHyperbolicHead``, whose two spaces side by side are evaluated via ``EvalSpace.columns``).
+    """
+
+    loss: torch.nn.Module
+    space: str
+    eval_spaces: dict
+    lr_scales: list = dataclasses.field(default_factory=list)
+    miner: Optional[Callable] = None
+    head_layer_norm: bool = False
+    riemannian: bool = False
+    lca_proxies: Optional[Callable] = None
+    proxies: Optional[Callable] = None
+    head: Optional[Callable] = None
+
+
+POINCARE = {"poincare": EvalSpace("poincare")}
+COSINE = {"cosine": EvalSpace("cosine")}
+
+
+def _scale(cfg, default):
+    return default if cfg.proxy_lr_scale is None else cfg.proxy_lr_scale
+
+
+def softtriple(cfg, num_classes):
+    """pml ``SoftTripleLoss`` on the sphere with the paper's settings (K = 10, λ = 20, γ = 0.1, δ = 0.01, center
+    regularizer τ = 0.2); centers at 100× the learning rate (official code)."""
+    loss = losses.SoftTripleLoss(
+        num_classes,
+        cfg.embedding_size,
+        centers_per_class=10,
+        la=20,
+        gamma=0.1,
+        margin=0.01,
+        weight_regularizer=regularizers.SparseCentersRegularizer(num_classes, 10),
+        weight_reg_weight=0.2,
+    )
+    return LossSetup(loss, "sphere", COSINE, [(loss, _scale(cfg, 100))])
+
+
+def hyperbolic_softtriple(cfg, num_classes):
+    """``HyperbolicSoftTripleLoss``: SoftTriple with proxies in the ball and −d as similarity (the loss's defaults);
+    proxies at 10³× the learning rate (``benchmarks/digits_softtriple.py``'s choice: proxy lr 1.0 for lr 1e-3)."""
+    loss = HyperbolicSoftTripleLoss(num_classes, cfg.embedding_size, c=cfg.curvature, clip_r=cfg.clip_r)
+    return LossSetup(
+        loss, "ball", POINCARE, [(loss, _scale(cfg, 1e3))], proxies=lambda l: {"class proxies": l.get_proxies()}
+    )
+
+
+def proxy_anchor(cfg, num_classes):
+    """pml ``ProxyAnchorLoss`` (α = 32, δ = 0.1) on the sphere; proxies at 100× the learning rate (official code)."""
+    loss = losses.ProxyAnchorLoss(num_classes, cfg.embedding_size, margin=0.1, alpha=32)
+    return LossSetup(loss, "sphere", COSINE, [(loss, _scale(cfg, 100))])
+
+
+def proxy_anchor_hier(cfg, num_classes):
+    """HIER (CVPR 2023): Proxy-Anchor on the L2-normalised ball points + λ·``HIERLoss`` (λ = ``--hier-weight``),
+    head LayerNorm → Linear → ToPoincare(riemannian=True), evaluated with the Poincaré distance."""
+    pa = losses.ProxyAnchorLoss(num_classes, cfg.embedding_size, margin=0.1, alpha=32)
+    hier = HIERLoss(
+        cfg.embedding_size, num_proxies=cfg.hier_proxies, c=cfg.curvature, clip_r=cfg.clip_r, topk=cfg.hier_topk
+    )
+    # A dict, not a list: record-keeper names its logs after the keys (a list's "0", "1" break its sqlite tables).
+    loss = losses.MultipleLosses(
+        {"proxy_anchor": pa, "hier": hier}, weights={"proxy_anchor": 1, "hier": cfg.hier_weight}
+    )
+    return LossSetup(
+        loss,
+        "ball",
+        POINCARE,
+        [(pa, _scale(cfg, 100)), (hier, cfg.hier_lr_scale)],
+        head_layer_norm=True,
+        riemannian=True,
+        lca_proxies=lambda l: l.losses["hier"].get_proxies(),
+    )
+
+
+def contrastive(cfg, num_classes):
+    """pml ``SupConLoss`` with cosine similarity on the sphere (the Sph- baseline of Hyp-ViT, τ = 0.1)."""
+    return LossSetup(losses.SupConLoss(temperature=0.1), "sphere", COSINE)
+
+
+def hyperbolic_contrastive(cfg, num_classes):
+    """Hyp-ViT (CVPR 2022): pml ``SupConLoss`` on −d_c/τ with ``PoincareDistance`` (τ = ``--temperature``)."""
+    loss = losses.SupConLoss(temperature=cfg.temperature, distance=PoincareDistance(c=cfg.curvature))
+    return LossSetup(loss, "ball", POINCARE)
+
+
+LOSSES = {
+    "softtriple": softtriple,
+    "hyperbolic_softtriple": hyperbolic_softtriple,
+    "proxy_anchor": proxy_anchor,
+    "proxy_anchor+hier": proxy_anchor_hier,
+    "contrastive": contrastive,
+    "hyperbolic_contrastive": hyperbolic_contrastive,
+}
