@@ -8,7 +8,8 @@ import torch
 from pytorch_metric_learning import losses, regularizers
 
 from pml_hyperbolic.distances import PoincareDistance
-from pml_hyperbolic.losses import HIERLoss, HyperbolicSoftTripleLoss
+from pml_hyperbolic.layers import EuclideanHyperbolicHead
+from pml_hyperbolic.losses import CHESTLoss, HIERLoss, HyperbolicSoftTripleLoss
 
 
 @dataclasses.dataclass
@@ -113,6 +114,29 @@ def proxy_anchor_hier(cfg, num_classes):
     )
 
 
+def chest(cfg, num_classes):
+    """CHEST (arXiv 2510.05643): ``CHESTLoss`` with its defaults in layout (b), ``EuclideanHyperbolicHead`` with
+    D_E = D_H = embedding_size / 2; the ball part is evaluated with the Poincaré distance (it selects the best model),
+    the Euclidean part with cosine. Every proxy at 10× the learning rate (``benchmarks/digits_chest.py``'s choice:
+    proxy lr 1e-2 for lr 1e-3)."""
+    d_e = cfg.embedding_size // 2
+    loss = CHESTLoss(num_classes, cfg.embedding_size, euclidean_dim=d_e, c=cfg.curvature, clip_r=cfg.clip_r)
+    spaces = {
+        "hyperbolic": EvalSpace("poincare", columns=slice(d_e, None)),
+        "euclidean": EvalSpace("cosine", columns=slice(0, d_e)),
+    }
+    head = lambda f: EuclideanHyperbolicHead(f, d_e, cfg.embedding_size - d_e, c=cfg.curvature, clip_r=cfg.clip_r)  # noqa: E731
+    return LossSetup(
+        loss,
+        "sphere|ball",
+        spaces,
+        [(loss, _scale(cfg, 10))],
+        head=head,
+        lca_proxies=lambda l: l.hier_loss.get_proxies(),
+        proxies=lambda l: {"class proxies": l.hyperbolic_loss.get_proxies()},
+    )
+
+
 def contrastive(cfg, num_classes):
     """pml ``SupConLoss`` with cosine similarity on the sphere (the Sph- baseline of Hyp-ViT, τ = 0.1)."""
     return LossSetup(losses.SupConLoss(temperature=0.1), "sphere", COSINE)
@@ -129,6 +153,7 @@ LOSSES = {
     "hyperbolic_softtriple": hyperbolic_softtriple,
     "proxy_anchor": proxy_anchor,
     "proxy_anchor+hier": proxy_anchor_hier,
+    "chest": chest,
     "contrastive": contrastive,
     "hyperbolic_contrastive": hyperbolic_contrastive,
 }

@@ -21,7 +21,7 @@ from pytorch_metric_learning.utils.inference import CustomKNN
 from pml_hyperbolic import poincare
 from pml_hyperbolic.utils import hierarchy
 from pml_hyperbolic.utils.accuracy_calculator import RetrievalAccuracyCalculator
-from pml_hyperbolic.utils.inference import PoincareKNN
+from pml_hyperbolic.utils.inference import PoincareKNN, SliceKNN
 from pml_hyperbolic.utils.optim import param_groups
 
 from . import plots
@@ -31,17 +31,6 @@ from .models import EmbeddingHead, build_trunk
 from .trainer import CheckpointHooks, RecipeTrainer, RunState, lr_factor
 
 MAX_CLASSES_FOR_GROUPING = 2000  # class-grouping metrics need (classes × classes) matrices
-
-
-class ColumnKNN:
-    """A pml ``knn_func`` that ranks with ``knn_func`` on the columns ``columns`` of the embeddings."""
-
-    def __init__(self, knn_func, columns):
-        self.knn_func, self.columns = knn_func, columns
-
-    def __call__(self, query, k, reference=None, ref_includes_query=False):
-        reference = None if reference is None else reference[:, self.columns]
-        return self.knn_func(query[:, self.columns], k, reference, ref_includes_query)
 
 
 @dataclasses.dataclass
@@ -243,7 +232,7 @@ def make_tester(cfg, data, space, hooks, history, device):
     MAP@R and, for datasets with a class tree, the hierarchy metrics."""
     knn = PoincareKNN(c=cfg.curvature) if space.knn == "poincare" else CustomKNN(CosineSimilarity(), batch_size=4096)
     if space.columns is not None:
-        knn = ColumnKNN(knn, space.columns)
+        knn = SliceKNN(knn, space.columns.start or 0, space.columns.stop)
     include = [f"recall_at_{k}" for k in data.recall_at] + ["mean_average_precision_at_r"]
     if data.class_tree is not None:
         include += ["mistake_severity", f"hierarchical_distance_at_{max(data.recall_at)}"]

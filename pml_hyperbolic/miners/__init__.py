@@ -1,0 +1,1 @@
+from .reciprocal_triplet_miner import ReciprocalTripletMiner

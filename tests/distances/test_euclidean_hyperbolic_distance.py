@@ -57,3 +57,15 @@ def test_errors(emb):
     bad[0, 6:] = 10.0
     with pytest.raises(ValueError, match="inside the Poincaré ball"):
         EuclideanHyperbolicDistance(6, space="hyperbolic")(bad)
+
+
+@pytest.mark.parametrize("space", ["euclidean", "hyperbolic", "both"])
+def test_knn_func_returns_the_reference_neighbours(emb, space):
+    """``knn_func()`` (faiss on the right slice, or CustomKNN for both spaces) ranks as the float64 reference."""
+    knn = EuclideanHyperbolicDistance(6, c=0.1, space=space).knn_func()
+    ref = reference(emb, space)
+    distances, indices = knn(emb[:8], 5, emb, ref_includes_query=True)
+    ref_d, ref_i = ref[:8].clone().fill_diagonal_(math.inf).sort(dim=1)
+    assert torch.equal(indices.cpu(), ref_i[:, :5])
+    if space != "euclidean":  # faiss's L2 search returns squared chord lengths for the Euclidean part
+        assert torch.allclose(distances.double().cpu(), ref_d[:, :5], rtol=1e-4, atol=1e-5)

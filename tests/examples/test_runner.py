@@ -160,7 +160,8 @@ def test_compare_prints_a_table_and_writes_the_comparison(tmp_path, capsys):
         assert os.path.getsize(tmp_path / name) > 0
 
 
-def test_a_registered_loss_with_a_two_space_head(tmp_path, monkeypatch):
+@pytest.mark.parametrize("loss", ["two_space", "chest"])
+def test_a_registered_loss_with_a_two_space_head(tmp_path, monkeypatch, loss):
     """The CHEST layout: a head with a Euclidean and a ball part side by side, each evaluated on its columns."""
 
     def two_space_contrastive(cfg, num_classes):
@@ -174,7 +175,7 @@ def test_a_registered_loss_with_a_two_space_head(tmp_path, monkeypatch):
         return LossSetup(SupConLoss(temperature=0.2, distance=distance), "sphere|ball", spaces, head=head)
 
     monkeypatch.setitem(registry.LOSSES, "two_space", two_space_contrastive)
-    results = main(["--loss", "two_space", "--epochs", "1", *FAST_DIGITS, "--output", str(tmp_path)])
+    results = main(["--loss", loss, "--epochs", "1", *FAST_DIGITS, "--output", str(tmp_path)])
     hyperbolic, euclidean = results["last"]["hyperbolic"], results["last"]["euclidean"]
     assert (
         set(hyperbolic)

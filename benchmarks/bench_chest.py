@@ -1,0 +1,69 @@
+"""Forward + backward time and peak memory of CHESTLoss against pml's SoftTripleLoss, with CHEST's parts one by one.
+
+Sizes: K = 10 proxies per class, batch 180 (90 classes × 2 images, HIER's sampler), CUB scale (100 classes) and SOP
+scale (11,318 classes), 2 CPU threads. The embedding width is D = 128 for both: pml's SoftTripleLoss on 128-d unit
+vectors; CHEST in layout (b) with D_E = D_H = 64 (``[normalize(64) | ToPoincare(64)]``, the same head width), default
+configuration. The parts are timed alone on the same inputs (what CHEST adds on top is the slicing and the
+bookkeeping of the loss dicts). Two more rows show the cost of HIER's configuration: CHEST without HIER, and CHEST
+with HIER's paper settings (512 hierarchical proxies, topk 20, 50 triplets per anchor). Target: CHEST (default)
+at most 2.5x pml's time.
+
+    python benchmarks/bench_chest.py
+"""
+
+import torch
+import torch.nn.functional as F
+from bench_utils import peak_memory_mb, print_table, time_ms
+from pytorch_metric_learning.losses import SoftTripleLoss
+
+from pml_hyperbolic.layers import ToPoincare
+from pml_hyperbolic.losses import CHESTLoss
+from pml_hyperbolic.losses.chest_loss import HIER_DEFAULTS
+
+K, D, D_E, B = 10, 128, 64, 180
+HIER_PAPER = dict(num_proxies=512, topk=20, triplets_per_anchor=50)
+
+
+def step_fn(loss_fn, embeddings, labels):
+    """One forward + backward of ``loss_fn`` (gradients reset first, as in a training step)."""
+
+    def step():
+        loss_fn.zero_grad(set_to_none=True)
+        embeddings.grad = None
+        loss_fn(embeddings, labels).backward()
+
+    return step
+
+
+def main():
+    torch.set_num_threads(2)
+    torch.manual_seed(0)
+    print(f"CHEST default: HIER {HIER_DEFAULTS}")
+    for num_classes in (100, 11318):
+        labels = torch.randperm(num_classes)[:90].repeat_interleave(2)
+        features = torch.randn(B, D)
+        sphere = F.normalize(features, dim=1).requires_grad_(True)
+        layout_b = torch.cat([F.normalize(features[:, :D_E], dim=1), ToPoincare(c=0.1, clip_r=2.3)(features[:, D_E:])], 1)
+        layout_b = layout_b.detach().requires_grad_(True)
+
+        def chest(**kwargs):
+            return step_fn(CHESTLoss(num_classes, D, euclidean_dim=D_E, centers_per_class=K, **kwargs), layout_b, labels)
+
+        only = dict(hyperbolic_weight=0.0, euclidean_weight=0.0, hier_weight=0.0)
+        fns = {
+            "pml SoftTripleLoss (D = 128)": step_fn(SoftTripleLoss(num_classes, D, centers_per_class=K), sphere, labels),
+            "CHESTLoss (default, 64 + 64)": chest(),
+            "  part: hyperbolic SoftTriple (64)": chest(**{**only, "hyperbolic_weight": 1.0}),
+            "  part: Euclidean pml SoftTriple (64)": chest(**{**only, "euclidean_weight": 1.0}),
+            "  part: HIER (default)": chest(**{**only, "hier_weight": 0.5}),
+            "CHESTLoss without HIER": chest(hier_weight=0.0),
+            "CHESTLoss, HIER paper sizes": chest(hier_kwargs=HIER_PAPER),
+        }
+        times = time_ms(fns, repeats=10 if num_classes < 1000 else 3, warmup=2 if num_classes < 1000 else 1)
+        rows = {name: (times[name], peak_memory_mb(fn)) for name, fn in fns.items()}
+        print(f"\nC = {num_classes} classes x K = {K} proxies, D = {D}, batch {B} (forward + backward, 2 threads)")
+        print_table(rows, baseline="pml SoftTripleLoss (D = 128)")
+
+
+if __name__ == "__main__":
+    main()

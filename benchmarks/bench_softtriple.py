@@ -1,0 +1,56 @@
+"""Forward + backward time and peak memory of HyperbolicSoftTripleLoss against pml's SoftTripleLoss.
+
+Same sizes for both: K = 10 proxies per class, D = 128, batch 180, at CUB scale (100 classes) and SOP scale
+(11,318 classes). Inputs are realistic: ``ToPoincare`` of random features for the hyperbolic loss, L2-normalised
+random features for pml's. Target: at most 1.5x pml's time and 2x its memory at both scales.
+
+    python benchmarks/bench_softtriple.py
+"""
+
+import torch
+import torch.nn.functional as F
+from bench_utils import peak_memory_mb, print_table, time_ms
+from pytorch_metric_learning.losses import SoftTripleLoss
+
+from pml_hyperbolic.layers import ToPoincare
+from pml_hyperbolic.losses import HyperbolicSoftTripleLoss
+
+K, D, B = 10, 128, 180
+
+
+def step_fn(loss_fn, embeddings, labels):
+    """One forward + backward of ``loss_fn`` (gradients reset first, as in a training step)."""
+
+    def step():
+        loss_fn.zero_grad(set_to_none=True)
+        embeddings.grad = None
+        loss_fn(embeddings, labels).backward()
+
+    return step
+
+
+def main():
+    torch.set_num_threads(2)
+    torch.manual_seed(0)
+    for num_classes in (100, 11318):
+        features = torch.randn(B, D)
+        labels = torch.randint(0, num_classes, (B,))
+        ball = ToPoincare(c=0.1, clip_r=2.3)(features).detach().requires_grad_(True)
+        sphere = F.normalize(features, dim=1).detach().requires_grad_(True)
+        fns = {
+            "pml SoftTripleLoss (cosine)": step_fn(SoftTripleLoss(num_classes, D, centers_per_class=K), sphere, labels),
+            "HyperbolicSoftTripleLoss": step_fn(
+                HyperbolicSoftTripleLoss(num_classes, D, centers_per_class=K), ball, labels
+            ),
+            "HyperbolicSoftTripleLoss + centers reg": step_fn(
+                HyperbolicSoftTripleLoss(num_classes, D, centers_per_class=K, centers_reg_weight=0.1), ball, labels
+            ),
+        }
+        times = time_ms(fns, repeats=10 if num_classes < 1000 else 5)
+        rows = {name: (times[name], peak_memory_mb(fn)) for name, fn in fns.items()}
+        print(f"\nC = {num_classes} classes x K = {K} proxies, D = {D}, batch {B} (forward + backward)")
+        print_table(rows, baseline="pml SoftTripleLoss (cosine)")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,317 @@
+import math
+
+import torch
+from pytorch_metric_learning.losses import BaseMetricLossFunction
+from pytorch_metric_learning.losses.mixins import WeightMixin
+from pytorch_metric_learning.utils import common_functions as c_f
+from pytorch_metric_learning.utils import loss_and_miner_utils as lmu
+
+from ..distances import PoincareDistance
+from ..layers import ToPoincare
+from ..miners import ReciprocalTripletMiner
+from ..utils.checks import check_curvature, check_embeddings
+
+# Rows × candidates handled per step of the LCA function (bounded extra memory, cache-friendly passes).
+_CHUNK_ELEMENTS = 1 << 17
+
+
+class HIERLoss(WeightMixin, BaseMetricLossFunction):
+    r"""HIER regulariser (Kim, Jeong, Kwak, "HIER: Metric Learning Beyond Class Labels via Hierarchical
+    Regularization", CVPR 2023): triplets of ball embeddings organised around learnable hierarchical proxies.
+
+    The proxies :math:`\rho_1..\rho_P` are tangent vectors mapped into the ball like the embeddings (feature clipping,
+    :math:`\exp_0`, Riemannian gradient scaling). For a triplet :math:`(i, j, k)` and a distance block :math:`D`
+    (rows: the triplet members, columns: the proxies), with :math:`M_{ij} = \max(D_i, D_j)` and
+    :math:`M_{ijk} = \max(D_k, M_{ij})` element-wise:
+
+    .. math::
+
+        \pi_{ij} = \text{hardGumbelSoftmax}(-M_{ij}/\tau),\quad \pi_{ijk} = \text{hardGumbelSoftmax}(-M_{ijk}/\tau),
+        \quad d_a(\pi) = D_a\cdot\pi
+
+        L_{ijk} = [a \ne b]\,\big([d_i(\pi_{ij}) - d_i(\pi_{ijk}) + \delta]_+
+                  + [d_j(\pi_{ij}) - d_j(\pi_{ijk}) + \delta]_+ + [d_k(\pi_{ijk}) - d_k(\pi_{ij}) + \delta]_+\big)
+
+    where :math:`a, b` are the proxies selected by :math:`\pi_{ij}, \pi_{ijk}` (the LCAs of the pair and of the triplet;
+    a "collision" :math:`a = b` zeroes the triplet). The hard samples use the straight-through gradient of
+    ``F.gumbel_softmax(logits, tau=1, hard=True)``: the gradient also flows through the soft sample into :math:`M`.
+    The loss has two terms, both computed like this: the **data term** on data→proxy distances with triplets of the
+    batch, and the **proxy term** on proxy→proxy distances with triplets of proxies, both mined by
+    :class:`~pml_hyperbolic.miners.ReciprocalTripletMiner` (mutual top-k neighbours with the label bonus for the data).
+
+    Official semantics by default (``hier/losses.py::HIERLoss``, snapshot 3986a744): proxy init
+    :math:`\mathcal N(0, (0.9\,r/\sqrt D)^2)`, Gumbel LCAs over :math:`-\max d/\tau`, mean over all sampled triplets
+    (collided ones included) per term, data term + proxy term. Differences, all documented options:
+
+    * ``exclude_self_negative=True`` (default; official: False): the official sampler lets the anchor be its own
+      negative, a triplet whose hinge terms contradict each other (they sum to ≥ 2·margin whatever the embedding).
+    * ``lca="argmax"``: deterministic LCA :math:`\arg\min_\rho \max(d(x_i,\rho), d(x_j,\rho))` (the paper's rule; ties
+      go to the lowest index), with gradient through the selected distances only. Default ``"gumbel"`` is the
+      official code.
+    * ``reduction="non_collided"``: average over non-collided triplets only (the official mean also counts collided,
+      zeroed triplets, so its scale depends on the collision rate). Default ``"all"`` is the official reduction.
+    * Distances come from the matrix-product kernel (O((B+P)·P) memory; the official code builds a (B+P)×(B+P)×D
+      tensor); the proxy block is symmetrised, (D + Dᵀ)/2, so that the tie between a pair's own members is exact.
+      The LCA step runs in chunks with a hand-written backward (the soft samples are kept, 2·T·P floats), and the
+      sampling is vectorised.
+    * Robustness: the official code crashes or samples wrong indices for batch ≤ topk or anchors with a single
+      negative. Here an anchor needs two mutual neighbours and one negative; if no anchor qualifies (e.g. batch ≤
+      topk: every pair is mutual) the term is zero. ``num_proxies`` must exceed ``topk``.
+
+    Use it next to a base loss, as in the paper (λ = 0.5 with Proxy-Anchor on the L2-normalised ball points)::
+
+        loss_fn = MultipleLosses([ProxyAnchorLoss(num_classes, dim), HIERLoss(dim)], weights=[1, 0.5])
+
+    It has parameters: give ``loss_fn.parameters()`` to an optimizer (the official recipe uses 50× the base
+    learning rate for the HIER proxies).
+
+    Args:
+        embedding_size: width D of the ball embeddings.
+        num_proxies: number P of hierarchical proxies (512 in the paper).
+        c: curvature of the ball (float > 0).
+        clip_r: feature-clipping radius of the proxies' tangent vectors (> 0).
+        margin: hinge margin δ.
+        tau: temperature of the LCA logits :math:`-\max d / \tau` (the Gumbel-softmax temperature itself is 1).
+        topk: neighbourhood size of the reciprocal-kNN mining, the point itself included.
+        triplets_per_anchor: triplets sampled per valid anchor.
+        lca: ``"gumbel"`` (official, stochastic, straight-through) or ``"argmax"`` (deterministic).
+        reduction: ``"all"`` (official: the sampled triplets of each term, collided ones included) or
+            ``"non_collided"`` (only non-collided triplets are passed to the reducer).
+        exclude_self_negative: see above (True fixes the official sampler).
+        riemannian: scale the proxies' gradient by :math:`(1 - c\|\rho\|^2)^2/4` (official: True).
+        generator: randomness of the mining and of the Gumbel noise (one stream, in the official order: data mining,
+            data noise, proxy mining, proxy noise): None (global RNG), an int seed or a ``torch.Generator``.
+        **kwargs: passed to pml's ``BaseMetricLossFunction`` (``reducer``, ``distance``, ``weight_init_func``,
+            ``embedding_regularizer``, ``collect_stats``). The distance must be a
+            :class:`~pml_hyperbolic.distances.PoincareDistance` with the same ``c``.
+
+    Forward: ``loss_fn(embeddings, labels, indices_tuple=None)``. ``embeddings`` are ball points (N×D), e.g. from
+    :class:`~pml_hyperbolic.layers.ToPoincare`. ``indices_tuple`` (triplets or pairs from any pml miner) replaces the
+    reciprocal mining for the data term; labels are needed otherwise.
+
+    Reducer input: ``data_loss`` and ``proxy_loss``, reduction type ``"triplet"`` with a ``"divisor"`` (the number of
+    triplets); the data term's indices are batch indices, the proxy term's are proxy indices (reducers that look up
+    labels by index, like ``ClassWeightedReducer``, apply to ``data_loss`` only). Default reducer: ``MeanReducer``.
+    """
+
+    def __init__(
+        self,
+        embedding_size,
+        num_proxies=512,
+        c=0.1,
+        clip_r=2.3,
+        margin=0.1,
+        tau=0.1,
+        topk=20,
+        triplets_per_anchor=50,
+        lca="gumbel",
+        reduction="all",
+        exclude_self_negative=True,
+        riemannian=True,
+        generator=None,
+        **kwargs,
+    ):
+        for name, value in (("embedding_size", embedding_size), ("num_proxies", num_proxies)):
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise ValueError(f"{name} must be a positive int, got {value!r}.")
+        if isinstance(c, torch.Tensor):
+            raise ValueError("HIERLoss takes a float curvature c.")
+        check_curvature(c)
+        if not (clip_r > 0 and tau > 0 and margin >= 0):
+            raise ValueError(f"Need clip_r > 0, tau > 0 and margin >= 0, got {clip_r!r}, {tau!r}, {margin!r}.")
+        if lca not in ("gumbel", "argmax"):
+            raise ValueError(f"lca must be 'gumbel' or 'argmax', got {lca!r}.")
+        if reduction not in ("all", "non_collided"):
+            raise ValueError(f"reduction must be 'all' or 'non_collided', got {reduction!r}.")
+        if isinstance(topk, int) and num_proxies <= topk:
+            raise ValueError(
+                f"num_proxies ({num_proxies}) must be larger than topk ({topk}): with num_proxies <= topk every pair "
+                "of proxies is a mutual neighbour and the proxy term has no negatives."
+            )
+        # Read by get_default_distance / get_default_weight_init_func inside super().__init__.
+        self.c, self.clip_r, self.embedding_size = float(c), float(clip_r), embedding_size
+        super().__init__(**kwargs)
+        if not isinstance(self.distance, PoincareDistance):
+            raise ValueError(f"HIERLoss needs a PoincareDistance, got {type(self.distance).__name__}.")
+        if isinstance(self.distance.c, torch.Tensor) or float(self.distance.c) != self.c:
+            raise ValueError(f"The distance's curvature ({self.distance.c!r}) must equal c ({self.c}).")
+        self.num_proxies = num_proxies
+        self.margin, self.tau = margin, tau
+        self.lca, self.reduction = lca, reduction
+        self.to_ball = ToPoincare(c=self.c, clip_r=self.clip_r, riemannian=riemannian)
+        self.miner = ReciprocalTripletMiner(
+            topk=topk,
+            triplets_per_anchor=triplets_per_anchor,
+            exclude_self_negative=exclude_self_negative,
+            generator=generator,
+            distance=self.distance,
+        )
+        self.proxies = torch.nn.Parameter(torch.empty(num_proxies, embedding_size))
+        self.weight_init_func(self.proxies)
+        self.add_to_recordable_attributes(
+            list_of_names=["embedding_size", "num_proxies", "c", "clip_r", "margin", "tau"], is_stat=False
+        )
+        self.add_to_recordable_attributes(
+            list_of_names=["num_data_triplets", "num_proxy_triplets", "data_collision_rate", "proxy_collision_rate"],
+            is_stat=True,
+        )
+
+    def get_default_distance(self):
+        return PoincareDistance(c=self.c)
+
+    def get_default_weight_init_func(self):
+        return c_f.TorchInitWrapper(torch.nn.init.normal_, std=0.9 * self.clip_r / math.sqrt(self.embedding_size))
+
+    def _sub_loss_names(self):
+        return ["data_loss", "proxy_loss"]
+
+    def cast_types(self, dtype, device):
+        self.proxies.data = c_f.to_device(self.proxies.data, device=device, dtype=dtype)
+
+    def get_proxies(self):
+        """The hierarchical proxies as ball points (P×D)."""
+        return self.to_ball(self.proxies)
+
+    def compute_loss(self, embeddings, labels, indices_tuple, ref_emb, ref_labels):
+        c_f.ref_not_supported(embeddings, labels, ref_emb, ref_labels)
+        c_f.labels_or_indices_tuple_required(labels, indices_tuple)
+        check_embeddings(embeddings, "embeddings", dim=self.embedding_size)
+        self.cast_types(torch.promote_types(embeddings.dtype, torch.float32), embeddings.device)
+        proxies = self.get_proxies()
+        if indices_tuple is None:
+            data_triplets = self.miner(embeddings, labels)
+        else:
+            data_triplets = self._check_triplets(lmu.convert_to_triplets(indices_tuple, labels), embeddings.device)
+        data_losses, data_collided = self.triplet_lca_losses(self.distance(embeddings, proxies), *data_triplets)
+        proxy_dist = self.distance(proxies)
+        proxy_dist = (proxy_dist + proxy_dist.t()) / 2  # exactly symmetric: ties between a pair's members are exact
+        proxy_triplets = self.miner.mine_similarity(-proxy_dist.detach())
+        proxy_losses, proxy_collided = self.triplet_lca_losses(proxy_dist, *proxy_triplets)
+        if self.collect_stats:
+            self.num_data_triplets, self.num_proxy_triplets = len(data_losses), len(proxy_losses)
+            self.data_collision_rate = data_collided.float().mean().item() if len(data_losses) else 0.0
+            self.proxy_collision_rate = proxy_collided.float().mean().item() if len(proxy_losses) else 0.0
+        return {
+            "data_loss": self._term(data_losses, data_collided, data_triplets),
+            "proxy_loss": self._term(proxy_losses, proxy_collided, proxy_triplets),
+        }
+
+    def _term(self, losses, collided, triplets):
+        if self.reduction == "non_collided":
+            keep = ~collided
+            losses, triplets = losses[keep], tuple(t[keep] for t in triplets)
+        if len(losses) == 0:
+            return self.zero_loss()
+        return {"losses": losses, "indices": triplets, "reduction_type": "triplet", "divisor": len(losses)}
+
+    @staticmethod
+    def _check_triplets(triplets, device):
+        if len(triplets) != 3 or any(not isinstance(t, torch.Tensor) or t.ndim != 1 for t in triplets):
+            raise ValueError("indices_tuple must hold 1-D index tensors: (anchors, positives, negatives) or pairs.")
+        if not len(triplets[0]) == len(triplets[1]) == len(triplets[2]):
+            raise ValueError("anchors, positives and negatives of indices_tuple must have the same length.")
+        return tuple(t.to(device=device, dtype=torch.long) for t in triplets)
+
+    def triplet_lca_losses(self, dist, anchors, positives, negatives):
+        """Per-triplet HIER losses on any distance block, the reusable core of this loss.
+
+        ``dist`` (R×P): distances from R points (the triplet members, indexed by ``anchors``, ``positives``,
+        ``negatives``) to P candidate LCAs. Returns ``(losses, collided)``, both of shape (T,); collided triplets
+        (same LCA for the pair and the triplet) have loss 0. Gumbel noise comes from :meth:`sample_noise`.
+        """
+        if dist.ndim != 2:
+            raise ValueError(f"dist must be a 2-D (points × candidates) matrix, got shape {tuple(dist.shape)}.")
+        triplets = [t.to(device=dist.device, dtype=torch.long) for t in (anchors, positives, negatives)]
+        if len(triplets[0]) == 0:
+            empty = dist.new_zeros(0)
+            return empty, torch.zeros(0, dtype=torch.bool, device=dist.device)
+        stacked = torch.stack(triplets)
+        if bool((stacked.min() < 0) | (stacked.max() >= dist.shape[0])):
+            raise ValueError(f"Triplet indices must lie in [0, {dist.shape[0]}) (rows of the distance block).")
+        noise = self.sample_noise if self.lca == "gumbel" else None
+        losses, lca_pair, lca_triplet = _TripletLCAHinge.apply(dist, *triplets, self.margin, self.tau, noise)
+        return losses, lca_pair == lca_triplet
+
+    def sample_noise(self, shape, dtype, device):
+        r"""Uniform variates :math:`U` of the Gumbel noise :math:`g = -\log(-\log U)` (``F.gumbel_softmax`` draws
+        :math:`E = -\log U \sim \text{Exp}(1)` and takes :math:`-\log E`), shape ``(2, n, P)``: [0] for
+        :math:`\pi_{ij}`, [1] for :math:`\pi_{ijk}`. Override it to inject noise."""
+        return torch.empty(shape, dtype=dtype, device=device).uniform_(generator=self.miner.get_generator(device))
+
+
+def _select(m, noise):
+    """LCA per row of m (n×P, max-distances / tau): the hard Gumbel sample of softmax(-m) with its soft sample
+    (index, y) when ``noise`` (uniforms U) is given, else (argmin, None).
+
+    softmax(-m + g) with g = -log E, E = -log U, is exp(min m - m) / E normalised: one exp and one log per element.
+    Here w = exp(min m - m) / log U = -exp(min m - m) / E <= 0, so the sample is argmin w and y = w / sum(w).
+    """
+    if noise is None:
+        return m.argmin(1), None
+    w = torch.sub(m.amin(1, keepdim=True), m).exp_().div_(torch.log(noise))
+    return w.argmin(1), w.div_(w.sum(1, keepdim=True))
+
+
+class _TripletLCAHinge(torch.autograd.Function):
+    """Forward: (losses, lca_pair, lca_triplet) of HIER's triplets on the distance block ``dist``, in row chunks.
+
+    Backward: the hard samples' values give the direct gradient ±e at the selected columns (e: the weights of the
+    active hinges); the straight-through path gives, with C = (e_i D_i + e_j D_j - e_k D_k)/tau and the soft samples
+    y1, y2: dL/dM_ij = -y1 (C - <y1, C>), dL/dM_ijk = y2 (C - <y2, C>), routed through the element-wise maxima (a tie
+    goes to one side; torch.maximum would split it, the total per point is the same).
+    """
+
+    @staticmethod
+    def forward(ctx, dist, i, j, k, margin, tau, noise_fn):
+        with torch.autocast(device_type=dist.device.type, enabled=False):
+            n_rows, n_cols = len(i), dist.shape[1]
+            step = max(1, _CHUNK_ELEMENTS // n_cols)
+            scaled = dist * (1 / tau)
+            lca_pair = torch.empty(n_rows, dtype=torch.long, device=dist.device)
+            lca_triplet = torch.empty_like(lca_pair)
+            soft = []
+            for s in range(0, n_rows, step):
+                ic, jc, kc = i[s : s + step], j[s : s + step], k[s : s + step]
+                noise = noise_fn((2, len(ic), n_cols), dist.dtype, dist.device) if noise_fn else (None, None)
+                m = torch.maximum(scaled.index_select(0, ic), scaled.index_select(0, jc))
+                lca_pair[s : s + step], y1 = _select(m, noise[0])
+                m = torch.maximum(m, scaled.index_select(0, kc), out=m)
+                lca_triplet[s : s + step], y2 = _select(m, noise[1])
+                soft.append((y1, y2))
+            a, b = lca_pair, lca_triplet
+            hinge = torch.stack([dist[i, a] - dist[i, b], dist[j, a] - dist[j, b], dist[k, b] - dist[k, a]])
+            active = (hinge.add_(margin) > 0) & (a != b)
+            losses = hinge.clamp_min_(0).mul_(active).sum(0)
+        ctx.save_for_backward(scaled, i, j, k, a, b, active)
+        ctx.soft, ctx.step = soft, step
+        ctx.mark_non_differentiable(lca_pair, lca_triplet)
+        return losses, lca_pair, lca_triplet
+
+    @staticmethod
+    def backward(ctx, grad, _grad_pair, _grad_triplet):
+        scaled, i, j, k, a, b, active = ctx.saved_tensors
+        with torch.autocast(device_type=scaled.device.type, enabled=False):
+            e = active.to(scaled.dtype).mul_(grad.to(scaled.dtype))  # weights of the 3 hinges of each triplet
+            grad_dist = torch.zeros_like(scaled)
+            # direct path: +-e at the selected LCAs (the values of the hard samples)
+            rows = torch.cat([i, i, j, j, k, k])
+            cols = torch.cat([a, b, a, b, b, a])
+            grad_dist.index_put_((rows, cols), torch.cat([e[0], -e[0], e[1], -e[1], e[2], -e[2]]), accumulate=True)
+            if ctx.soft[0][0] is not None:
+                for n, (y1, y2) in enumerate(ctx.soft):
+                    sl = slice(n * ctx.step, (n + 1) * ctx.step)
+                    ic, jc, kc = i[sl], j[sl], k[sl]
+                    di, dj, dk = scaled.index_select(0, ic), scaled.index_select(0, jc), scaled.index_select(0, kc)
+                    C = di * e[0, sl, None]
+                    C.addcmul_(dj, e[1, sl, None]).addcmul_(dk, e[2, sl, None], value=-1)  # (sum_a ±e_a D_a) / tau
+                    g_pair = torch.linalg.vecdot(y1, C).unsqueeze(1).sub(C).mul_(y1)  # dL/dM_ij, direct
+                    g_trip = C.sub_(torch.linalg.vecdot(y2, C).unsqueeze(1)).mul_(y2)  # dL/dM_ijk
+                    mask = torch.gt(dk, torch.maximum(di, dj), out=dk)  # 1 where D_k is the max of M_ijk
+                    g_k = g_trip.mul(mask)
+                    grad_dist.index_add_(0, kc, g_k)
+                    g_pair.add_(g_trip).sub_(g_k)
+                    mask = torch.gt(di, dj, out=dk)  # 1 where D_i is the max of M_ij
+                    g_trip = torch.mul(g_pair, mask, out=g_trip)
+                    grad_dist.index_add_(0, ic, g_trip)
+                    grad_dist.index_add_(0, jc, g_pair.sub_(g_trip))
+        return grad_dist, None, None, None, None, None, None

@@ -1,0 +1,125 @@
+import torch
+from pytorch_metric_learning.miners import BaseMiner
+
+from ..distances import PoincareDistance
+from ..utils.checks import check_embeddings
+
+
+class ReciprocalTripletMiner(BaseMiner):
+    r"""Triplets from mutual (reciprocal) nearest neighbours, the sampling of HIER (Kim et al., CVPR 2023).
+
+    With :math:`\mathcal N_k(i)` the ``topk`` most similar points of :math:`i` (itself included) under the
+    similarity :math:`S_{ij} = e^{-d(x_i, x_j)} + [y_i = y_j]`:
+
+    .. math:: \text{pos}(i) = \{j \ne i : j \in \mathcal N_k(i),\ i \in \mathcal N_k(j)\},\qquad
+              \text{neg}(i) = \{j \ne i\} \setminus \text{pos}(i)
+
+    Every anchor with :math:`|\text{pos}(i)| \ge 2` and a non-empty :math:`\text{neg}(i)` gets ``triplets_per_anchor``
+    triplets :math:`(i, j, k)`, with :math:`j` and :math:`k` drawn uniformly with replacement from pos(i) and neg(i)
+    (negatives include one-way neighbours, as in the official code). The output is grouped by anchor, in index order.
+
+    The label bonus of the official code ranks same-label points above all others; it is applied here as a strict
+    priority (same label first, then by similarity), which is the same ranking without the ties of ``exp`` underflow;
+    the point itself always counts as one of its ``topk``. When ``topk`` is at least the number of points, every pair
+    is mutual and no anchor has a negative: nothing is mined.
+
+    Differences from the official code (``hier/losses.py::get_reciprocal_triplets``): fully vectorised (no Python loop
+    over anchors, one host sync per call), no crash or wrong indices for small batches (the official code needs
+    N ≥ topk and mis-samples an anchor with a single negative), and ``exclude_self_negative=True`` by default: the
+    official code lets the anchor be its own negative (its diagonal is filled with −1 < 1), which makes HIER's hinge
+    terms contradictory (they sum to at least 2·margin whatever the embedding). Set it to False for the official rule.
+
+    Args:
+        topk: neighbourhood size k, the point itself included (HIER's scripts use 20). Must be ≥ 3.
+        triplets_per_anchor: triplets sampled per valid anchor (50 in the official code).
+        exclude_self_negative: never use the anchor as its own negative (default; False = official behaviour).
+        generator: randomness source: None (torch's global RNG), an int seed (a ``torch.Generator`` seeded with it is
+            created on the embeddings' device at first use, so a run is reproducible), or a ``torch.Generator`` on the
+            embeddings' device.
+        **kwargs: passed to pml's ``BaseMiner`` (``distance``, ``collect_stats``). The default distance is
+            :class:`~pml_hyperbolic.distances.PoincareDistance` (c = 0.1); any pml distance works (inverted ones rank by
+            similarity, others by −distance, the same ranking as :math:`e^{-d}`).
+    """
+
+    def __init__(self, topk=20, triplets_per_anchor=50, exclude_self_negative=True, generator=None, **kwargs):
+        super().__init__(**kwargs)
+        if isinstance(topk, bool) or not isinstance(topk, int) or topk < 3:
+            raise ValueError(
+                f"topk must be an int >= 3 (it counts the point itself, and an anchor needs two mutual neighbours), "
+                f"got {topk!r}."
+            )
+        if isinstance(triplets_per_anchor, bool) or not isinstance(triplets_per_anchor, int) or triplets_per_anchor < 1:
+            raise ValueError(f"triplets_per_anchor must be an int >= 1, got {triplets_per_anchor!r}.")
+        if isinstance(generator, bool) or not (generator is None or isinstance(generator, (int, torch.Generator))):
+            raise ValueError(f"generator must be None, an int seed or a torch.Generator, got {generator!r}.")
+        self.topk = topk
+        self.triplets_per_anchor = triplets_per_anchor
+        self.exclude_self_negative = exclude_self_negative
+        self.generator = generator
+        self._seeded = {}
+        self.add_to_recordable_attributes(list_of_names=["topk", "triplets_per_anchor"], is_stat=False)
+        self.add_to_recordable_attributes(list_of_names=["num_anchors"], is_stat=True)
+
+    def get_default_distance(self):
+        return PoincareDistance()
+
+    def get_generator(self, device):
+        """The ``torch.Generator`` to draw from on ``device`` (None means torch's global RNG)."""
+        device = torch.device(device)
+        if isinstance(self.generator, torch.Generator):
+            if self.generator.device.type != device.type:
+                raise ValueError(
+                    f"The generator is on {self.generator.device.type} but the data are on {device.type}: create it "
+                    f"with torch.Generator(device='{device.type}'), or pass an int seed."
+                )
+            return self.generator
+        if self.generator is None:
+            return None
+        if device not in self._seeded:
+            self._seeded[device] = torch.Generator(device=device).manual_seed(self.generator)
+        return self._seeded[device]
+
+    def mine(self, embeddings, labels, ref_emb, ref_labels):
+        if ref_emb is not embeddings:
+            raise ValueError("ReciprocalTripletMiner mines within one set of embeddings: ref_emb is not supported.")
+        check_embeddings(embeddings)
+        mat = self.distance(embeddings)
+        return self.mine_similarity(mat if self.distance.is_inverted else -mat, labels)
+
+    def mine_similarity(self, sim, labels=None):
+        """Triplets (anchors, positives, negatives) from an N×N similarity matrix (larger = closer), e.g. −distance.
+
+        ``labels`` (N,) is optional: without it, the ranking uses the similarity alone (HIER's proxy block).
+        """
+        if sim.ndim != 2 or sim.shape[0] != sim.shape[1]:
+            raise ValueError(f"mine_similarity needs a square N×N similarity matrix, got shape {tuple(sim.shape)}.")
+        n, device = sim.shape[0], sim.device
+        if labels is not None and (labels.ndim != 1 or len(labels) != n):
+            raise ValueError(f"labels must have shape ({n},) like the similarity matrix, got {tuple(labels.shape)}.")
+        with torch.no_grad():
+            # Strict priority: the point itself, then same-label points, then the rest, each by similarity. In float64
+            # the float32 similarities plus the offsets keep their exact order.
+            key = sim.detach().to(torch.float64, copy=True)
+            span = (key.max() - key.min()).clamp_min(1) * 2
+            if not bool(torch.isfinite(span)):
+                raise ValueError("The similarity matrix contains NaN or inf values: check the embeddings.")
+            if labels is not None:
+                key = key + span * (labels.unsqueeze(1) == labels.unsqueeze(0))
+            key.diagonal().add_(2 * span)
+            knn = torch.zeros(n, n, dtype=torch.bool, device=device)
+            knn.scatter_(1, key.topk(min(self.topk, n), dim=1).indices, True)
+            pos = knn & knn.t()
+            pos.fill_diagonal_(False)
+            neg = ~pos
+            if self.exclude_self_negative:
+                neg.fill_diagonal_(False)
+            anchors = ((pos.sum(1) >= 2) & neg.any(1)).nonzero().squeeze(1)
+            if self.collect_stats:
+                self.num_anchors = len(anchors)
+            t, g = self.triplets_per_anchor, self.get_generator(device)
+            if len(anchors) == 0:
+                empty = torch.empty(0, dtype=torch.long, device=device)
+                return empty, empty.clone(), empty.clone()
+            positives = torch.multinomial(pos[anchors].float(), t, replacement=True, generator=g)
+            negatives = torch.multinomial(neg[anchors].float(), t, replacement=True, generator=g)
+        return anchors.repeat_interleave(t), positives.flatten(), negatives.flatten()
