@@ -21,10 +21,11 @@ from pytorch_metric_learning.utils.inference import CustomKNN
 from pml_hyperbolic import poincare
 from pml_hyperbolic.utils import hierarchy
 from pml_hyperbolic.utils.accuracy_calculator import RetrievalAccuracyCalculator
+from pml_hyperbolic.utils.distributed import DistributedLossWrapper
 from pml_hyperbolic.utils.inference import PoincareKNN, SliceKNN
 from pml_hyperbolic.utils.optim import param_groups
 
-from . import plots
+from . import distributed, plots
 from .data import input_shape, load_data
 from .losses import LOSSES
 from .models import EmbeddingHead, build_trunk
@@ -80,6 +81,11 @@ def build_run(cfg):
     """Build the data, model, loss, optimizers, schedulers, tester and trainer of one run (``cfg.loss`` is one
     registry name). Nothing is trained yet; with ``cfg.resume`` the last checkpoint is not loaded yet either."""
     device = resolve_device(cfg.device)
+    rank, world_size = distributed.world()
+    if world_size > 1:
+        device = distributed.init(device)
+        if cfg.patience:
+            raise ValueError("--patience is not supported under torchrun (only rank 0 evaluates).")
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
     if cfg.deterministic:
@@ -109,6 +115,10 @@ def build_run(cfg):
         )
     models = {"trunk": trunk.to(device), "embedder": embedder.to(device)}
     loss = setup.loss.to(device)
+    train_models, train_loss = models, loss
+    if world_size > 1:
+        train_models = {name: distributed.wrap_model(m, device) for name, m in models.items()}
+        train_loss = DistributedLossWrapper(loss)
 
     def adamw(groups):
         return torch.optim.AdamW(groups, eps=cfg.adam_eps)
@@ -141,7 +151,9 @@ def build_run(cfg):
 
     output = cfg.output or default_output(cfg)
     model_folder = os.path.join(output, "saved_models")
-    if not cfg.resume and os.path.isdir(model_folder) and os.listdir(model_folder):
+    if rank > 0:  # logs of the training-only ranks; checkpoints are rank 0's
+        output = os.path.join(output, f"rank{rank}")
+    if rank == 0 and not cfg.resume and os.path.isdir(model_folder) and os.listdir(model_folder):
         raise FileExistsError(
             f"{output} already holds a run: pass --resume to continue it, or choose another --output."
         )
@@ -169,11 +181,13 @@ def build_run(cfg):
     sampler = MPerClassSampler(
         train_labels, m=cfg.m_per_class, batch_size=cfg.batch_size, length_before_new_iter=samples
     )
+    if world_size > 1:
+        sampler = distributed.RankShardSampler(sampler, cfg.batch_size, rank, world_size)
     trainer = RecipeTrainer(
-        models=models,
+        models=train_models,
         optimizers=optimizers,
-        batch_size=cfg.batch_size,
-        loss_funcs={"metric_loss": loss},
+        batch_size=cfg.batch_size // world_size,
+        loss_funcs={"metric_loss": train_loss},
         mining_funcs={"tuple_miner": setup.miner} if setup.miner is not None else {},
         dataset=data.train,
         sampler=sampler,
@@ -200,6 +214,9 @@ def build_run(cfg):
             record_keeper.save_records()
         history.end_epoch(trainer.epoch, accuracies)
 
+    if rank > 0:
+        trainer.end_of_epoch_hook = lambda trainer: True  # only rank 0 evaluates and saves
+        return Run(cfg, data, setup, trainer, testers, hooks, record_keeper, model_folder, device, history)
     trainer.end_of_epoch_hook = hooks.end_of_epoch_hook(
         primary_tester,
         data.eval_sets,
@@ -444,11 +461,16 @@ def run(cfg):
     start_epoch = 1
     if cfg.resume:
         r.history.load()
+        ddp_models = r.trainer.models  # checkpoints hold the plain modules' state dicts
+        r.trainer.models = {name: getattr(m, "module", m) for name, m in ddp_models.items()}
         start_epoch = r.hooks.load_latest_saved_models(r.trainer, r.model_folder, r.device)
+        r.trainer.models = ddp_models
         print(f"[{cfg.loss}] resuming at epoch {start_epoch} from {r.model_folder}")
     if start_epoch <= cfg.epochs:
         r.history.start()
         r.trainer.train(start_epoch, cfg.epochs)
+    if distributed.world()[0] > 0:
+        return {}
     return finish(r, time.perf_counter() - t0)
 
 
