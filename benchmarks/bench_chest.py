@@ -13,7 +13,7 @@ at most 2.5x pml's time.
 
 import torch
 import torch.nn.functional as F
-from bench_utils import peak_memory_mb, print_table, time_ms
+from bench_utils import peak_memory_mb, print_table, step_fn, time_ms
 from pytorch_metric_learning.losses import SoftTripleLoss
 
 from pml_hyperbolic.layers import ToPoincare
@@ -22,17 +22,6 @@ from pml_hyperbolic.losses.chest_loss import HIER_DEFAULTS
 
 K, D, D_E, B = 10, 128, 64, 180
 HIER_PAPER = dict(num_proxies=512, topk=20, triplets_per_anchor=50)
-
-
-def step_fn(loss_fn, embeddings, labels):
-    """One forward + backward of ``loss_fn`` (gradients reset first, as in a training step)."""
-
-    def step():
-        loss_fn.zero_grad(set_to_none=True)
-        embeddings.grad = None
-        loss_fn(embeddings, labels).backward()
-
-    return step
 
 
 def main():

@@ -9,24 +9,13 @@ random features for pml's. Target: at most 1.5x pml's time and 2x its memory at 
 
 import torch
 import torch.nn.functional as F
-from bench_utils import peak_memory_mb, print_table, time_ms
+from bench_utils import peak_memory_mb, print_table, step_fn, time_ms
 from pytorch_metric_learning.losses import SoftTripleLoss
 
 from pml_hyperbolic.layers import ToPoincare
 from pml_hyperbolic.losses import HyperbolicSoftTripleLoss
 
 K, D, B = 10, 128, 180
-
-
-def step_fn(loss_fn, embeddings, labels):
-    """One forward + backward of ``loss_fn`` (gradients reset first, as in a training step)."""
-
-    def step():
-        loss_fn.zero_grad(set_to_none=True)
-        embeddings.grad = None
-        loss_fn(embeddings, labels).backward()
-
-    return step
 
 
 def main():

@@ -52,3 +52,14 @@ def print_table(rows, baseline):
     print(f"{'method':44s} {'time (ms)':>10s} {'x base':>7s} {'peak MB':>9s} {'x base':>7s}")
     for name, (t, m) in rows.items():
         print(f"{name:44s} {t:10.1f} {t / base_t:7.2f} {m:9.1f} {m / max(base_m, 1e-9):7.2f}")
+
+
+def step_fn(loss_fn, embeddings, labels):
+    """One forward + backward of ``loss_fn`` (gradients reset first, as in a training step)."""
+
+    def step():
+        loss_fn.zero_grad(set_to_none=True)
+        embeddings.grad = None
+        loss_fn(embeddings, labels).backward()
+
+    return step

@@ -8,33 +8,13 @@ from .losses import LOSSES
 from .presets import PRESETS
 
 # Defaults that depend on the dataset (used where the command line and the preset leave an option unset).
+_SMALL = dict(
+    backbone="mlp", embedding_size=32, epochs=20, lr=1e-3, weight_decay=1e-4, num_workers=0, threads=1,
+    hier_proxies=64, hier_topk=15,
+)
 DATASET_DEFAULTS = {
-    "digits": dict(
-        backbone="mlp",
-        embedding_size=32,
-        epochs=20,
-        batch_size=50,
-        m_per_class=10,
-        lr=1e-3,
-        weight_decay=1e-4,
-        num_workers=0,
-        threads=1,
-        hier_proxies=64,
-        hier_topk=15,
-    ),
-    "tree": dict(
-        backbone="mlp",
-        embedding_size=32,
-        epochs=20,
-        batch_size=64,
-        m_per_class=8,
-        lr=1e-3,
-        weight_decay=1e-4,
-        num_workers=0,
-        threads=1,
-        hier_proxies=64,
-        hier_topk=15,
-    ),
+    "digits": dict(_SMALL, batch_size=50, m_per_class=10),
+    "tree": dict(_SMALL, batch_size=64, m_per_class=8),
     "synthetic-images": dict(
         backbone="tiny_cnn",
         embedding_size=128,

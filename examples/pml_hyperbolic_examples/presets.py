@@ -1,6 +1,6 @@
 """Presets: the published training recipes as command-line defaults (``--preset NAME``; explicit flags win).
 
-HIER (Kim et al., CVPR 2023; ``/work/shared/research/hier_official.md`` §5): Proxy-Anchor + 0.5·HIER, AdamW,
+HIER (Kim et al., CVPR 2023; the official code's training scripts): Proxy-Anchor + 0.5·HIER, AdamW,
 batch 180 with 2 images per class, fp16, gradient values clamped to ±10, Proxy-Anchor proxies at 10⁴× and HIER
 proxies at 50× the learning rate, the backbone frozen (learning rate 0) during the warm-up epochs, ResNet-50
 BatchNorm frozen, ViT patch embedding frozen.
