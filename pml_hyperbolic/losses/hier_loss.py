@@ -10,6 +10,7 @@ from ..distances import PoincareDistance
 from ..layers import ToPoincare
 from ..miners import ReciprocalTripletMiner
 from ..utils.checks import check_curvature, check_embeddings
+from ..utils.random import uniform_open
 
 # Rows × candidates handled per step of the LCA function (bounded extra memory, cache-friendly passes).
 _CHUNK_ELEMENTS = 1 << 17
@@ -50,10 +51,10 @@ class HIERLoss(WeightMixin, BaseMetricLossFunction):
       official code.
     * ``reduction="non_collided"``: average over non-collided triplets only (the official mean also counts collided,
       zeroed triplets, so its scale depends on the collision rate). Default ``"all"`` is the official reduction.
-    * Distances come from the matrix-product kernel (O((B+P)·P) memory; the official code builds a (B+P)×(B+P)×D
-      tensor); the proxy block is symmetrised, (D + Dᵀ)/2, so that the tie between a pair's own members is exact.
-      The LCA step runs in chunks with a hand-written backward (the soft samples are kept, 2·T·P floats), and the
-      sampling is vectorised.
+    * The (B+P)×(B+P) distance matrix comes from one call of the matrix-product kernel (the official code builds a
+      (B+P)×(B+P)×D tensor) and is symmetrised, (D + Dᵀ)/2, so that the tie between a pair's own members is exact.
+      Both terms go through one LCA pass, in row chunks with a hand-written backward (the soft samples are kept,
+      2·T·P floats), and the sampling is vectorised.
     * Robustness: the official code crashes or samples wrong indices for batch ≤ topk or anchors with a single
       negative. Here an anchor needs two mutual neighbours and one negative; if no anchor qualifies (e.g. batch ≤
       topk: every pair is mutual) the term is zero. ``num_proxies`` must exceed ``topk``.
@@ -79,8 +80,8 @@ class HIERLoss(WeightMixin, BaseMetricLossFunction):
             ``"non_collided"`` (only non-collided triplets are passed to the reducer).
         exclude_self_negative: see above (True fixes the official sampler).
         riemannian: scale the proxies' gradient by :math:`(1 - c\|\rho\|^2)^2/4` (official: True).
-        generator: randomness of the mining and of the Gumbel noise (one stream, in the official order: data mining,
-            data noise, proxy mining, proxy noise): None (global RNG), an int seed or a ``torch.Generator``.
+        generator: randomness of the mining and of the Gumbel noise (one stream: data mining, proxy mining, then the
+            noise of both terms): None (global RNG), an int seed or a ``torch.Generator``.
         **kwargs: passed to pml's ``BaseMetricLossFunction`` (``reducer``, ``distance``, ``weight_init_func``,
             ``embedding_regularizer``, ``collect_stats``). The distance must be a
             :class:`~pml_hyperbolic.distances.PoincareDistance` with the same ``c``.
@@ -178,15 +179,22 @@ class HIERLoss(WeightMixin, BaseMetricLossFunction):
         check_embeddings(embeddings, "embeddings", dim=self.embedding_size)
         self.cast_types(torch.promote_types(embeddings.dtype, torch.float32), embeddings.device)
         proxies = self.get_proxies()
+        n = len(embeddings)
+        # One (N+P)×(N+P) distance matrix (one matrix product) holds every block the loss needs; symmetrised so that
+        # the tie between a pair's own members is exact.
+        dist = self.distance(torch.cat([embeddings.to(proxies.dtype), proxies]))
+        dist = (dist + dist.t()) / 2
         if indices_tuple is None:
-            data_triplets = self.miner(embeddings, labels)
+            data_triplets = self.miner.mine_similarity(-dist[:n, :n].detach(), labels)
         else:
-            data_triplets = self._check_triplets(lmu.convert_to_triplets(indices_tuple, labels), embeddings.device)
-        data_losses, data_collided = self.triplet_lca_losses(self.distance(embeddings, proxies), *data_triplets)
-        proxy_dist = self.distance(proxies)
-        proxy_dist = (proxy_dist + proxy_dist.t()) / 2  # exactly symmetric: ties between a pair's members are exact
-        proxy_triplets = self.miner.mine_similarity(-proxy_dist.detach())
-        proxy_losses, proxy_collided = self.triplet_lca_losses(proxy_dist, *proxy_triplets)
+            data_triplets = self._check_triplets(lmu.convert_to_triplets(indices_tuple, labels), n, embeddings.device)
+        proxy_triplets = self.miner.mine_similarity(-dist[n:, n:].detach())
+        # Both terms in one pass over the rows [embeddings; proxies] × proxies: proxy triplets are offset by n.
+        t = len(data_triplets[0])
+        triplets = [torch.cat([d, p + n]) for d, p in zip(data_triplets, proxy_triplets)]
+        losses, collided = self.triplet_lca_losses(dist[:, n:], *triplets)
+        data_losses, proxy_losses = losses[:t], losses[t:]
+        data_collided, proxy_collided = collided[:t], collided[t:]
         if self.collect_stats:
             self.num_data_triplets, self.num_proxy_triplets = len(data_losses), len(proxy_losses)
             self.data_collision_rate = data_collided.float().mean().item() if len(data_losses) else 0.0
@@ -205,12 +213,15 @@ class HIERLoss(WeightMixin, BaseMetricLossFunction):
         return {"losses": losses, "indices": triplets, "reduction_type": "triplet", "divisor": len(losses)}
 
     @staticmethod
-    def _check_triplets(triplets, device):
+    def _check_triplets(triplets, n, device):
         if len(triplets) != 3 or any(not isinstance(t, torch.Tensor) or t.ndim != 1 for t in triplets):
             raise ValueError("indices_tuple must hold 1-D index tensors: (anchors, positives, negatives) or pairs.")
         if not len(triplets[0]) == len(triplets[1]) == len(triplets[2]):
             raise ValueError("anchors, positives and negatives of indices_tuple must have the same length.")
-        return tuple(t.to(device=device, dtype=torch.long) for t in triplets)
+        triplets = tuple(t.to(device=device, dtype=torch.long) for t in triplets)
+        if len(triplets[0]) and bool((torch.stack(triplets).min() < 0) | (torch.stack(triplets).max() >= n)):
+            raise ValueError(f"indices_tuple holds indices outside [0, {n}): they must index the batch's embeddings.")
+        return triplets
 
     def triplet_lca_losses(self, dist, anchors, positives, negatives):
         """Per-triplet HIER losses on any distance block, the reusable core of this loss.
@@ -235,21 +246,22 @@ class HIERLoss(WeightMixin, BaseMetricLossFunction):
     def sample_noise(self, shape, dtype, device):
         r"""Uniform variates :math:`U` of the Gumbel noise :math:`g = -\log(-\log U)` (``F.gumbel_softmax`` draws
         :math:`E = -\log U \sim \text{Exp}(1)` and takes :math:`-\log E`), shape ``(2, n, P)``: [0] for
-        :math:`\pi_{ij}`, [1] for :math:`\pi_{ijk}`. Override it to inject noise."""
-        return torch.empty(shape, dtype=dtype, device=device).uniform_(generator=self.miner.get_generator(device))
+        :math:`\pi_{ij}`, [1] for :math:`\pi_{ijk}`; from :func:`~pml_hyperbolic.utils.random.uniform_open`. Override
+        it to inject noise."""
+        return uniform_open(shape, generator=self.miner.get_generator(device), device=device, dtype=dtype)
 
 
 def _select(m, noise):
-    """LCA per row of m (n×P, max-distances / tau): the hard Gumbel sample of softmax(-m) with its soft sample
+    """LCA per row of m (..., P: max-distances / tau): the hard Gumbel sample of softmax(-m) with its soft sample
     (index, y) when ``noise`` (uniforms U) is given, else (argmin, None).
 
     softmax(-m + g) with g = -log E, E = -log U, is exp(min m - m) / E normalised: one exp and one log per element.
     Here w = exp(min m - m) / log U = -exp(min m - m) / E <= 0, so the sample is argmin w and y = w / sum(w).
     """
     if noise is None:
-        return m.argmin(1), None
-    w = torch.sub(m.amin(1, keepdim=True), m).exp_().div_(torch.log(noise))
-    return w.argmin(1), w.div_(w.sum(1, keepdim=True))
+        return m.argmin(-1), None
+    w = torch.sub(m.amin(-1, keepdim=True), m).exp_().div_(torch.log(noise))
+    return w.argmin(-1), w.div_(w.sum(-1, keepdim=True))
 
 
 class _TripletLCAHinge(torch.autograd.Function):
@@ -272,12 +284,13 @@ class _TripletLCAHinge(torch.autograd.Function):
             soft = []
             for s in range(0, n_rows, step):
                 ic, jc, kc = i[s : s + step], j[s : s + step], k[s : s + step]
-                noise = noise_fn((2, len(ic), n_cols), dist.dtype, dist.device) if noise_fn else (None, None)
-                m = torch.maximum(scaled.index_select(0, ic), scaled.index_select(0, jc))
-                lca_pair[s : s + step], y1 = _select(m, noise[0])
-                m = torch.maximum(m, scaled.index_select(0, kc), out=m)
-                lca_triplet[s : s + step], y2 = _select(m, noise[1])
-                soft.append((y1, y2))
+                m = torch.empty(2, len(ic), n_cols, dtype=dist.dtype, device=dist.device)  # M_ij, M_ijk
+                torch.maximum(scaled.index_select(0, ic), scaled.index_select(0, jc), out=m[0])
+                torch.maximum(m[0], scaled.index_select(0, kc), out=m[1])
+                noise = noise_fn(m.shape, dist.dtype, dist.device) if noise_fn else None
+                lca, y = _select(m, noise)
+                lca_pair[s : s + step], lca_triplet[s : s + step] = lca
+                soft.append(y)
             a, b = lca_pair, lca_triplet
             hinge = torch.stack([dist[i, a] - dist[i, b], dist[j, a] - dist[j, b], dist[k, b] - dist[k, a]])
             active = (hinge.add_(margin) > 0) & (a != b)
@@ -297,7 +310,7 @@ class _TripletLCAHinge(torch.autograd.Function):
             rows = torch.cat([i, i, j, j, k, k])
             cols = torch.cat([a, b, a, b, b, a])
             grad_dist.index_put_((rows, cols), torch.cat([e[0], -e[0], e[1], -e[1], e[2], -e[2]]), accumulate=True)
-            if ctx.soft[0][0] is not None:
+            if ctx.soft[0] is not None:
                 for n, (y1, y2) in enumerate(ctx.soft):
                     sl = slice(n * ctx.step, (n + 1) * ctx.step)
                     ic, jc, kc = i[sl], j[sl], k[sl]
