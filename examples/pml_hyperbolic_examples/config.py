@@ -12,22 +12,6 @@ _SMALL = dict(
     backbone="mlp", embedding_size=32, epochs=20, lr=1e-3, weight_decay=1e-4, num_workers=0, threads=1,
     hier_proxies=64, hier_topk=15,
 )
-DATASET_DEFAULTS = {
-    "digits": dict(_SMALL, batch_size=50, m_per_class=10),
-    "tree": dict(_SMALL, batch_size=64, m_per_class=8),
-    "synthetic-images": dict(
-        backbone="tiny_cnn",
-        embedding_size=128,
-        epochs=1,
-        batch_size=64,
-        m_per_class=4,
-        lr=1e-4,
-        weight_decay=1e-2,
-        num_workers=0,
-        hier_proxies=512,
-        hier_topk=20,
-    ),
-}
 IMAGE_DEFAULTS = dict(
     backbone="resnet50",
     embedding_size=512,
@@ -40,6 +24,13 @@ IMAGE_DEFAULTS = dict(
     hier_proxies=512,
     hier_topk=20,
 )
+DATASET_DEFAULTS = {
+    "digits": dict(_SMALL, batch_size=50, m_per_class=10),
+    "tree": dict(_SMALL, batch_size=64, m_per_class=8),
+    "synthetic-images": dict(
+        IMAGE_DEFAULTS, backbone="tiny_cnn", embedding_size=128, epochs=1, batch_size=64, m_per_class=4, num_workers=0
+    ),
+}
 SMALL_DATASETS = ("digits", "tree")
 
 

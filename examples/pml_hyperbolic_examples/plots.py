@@ -38,11 +38,8 @@ def plot_history(epochs, path, title=""):
                 ax_r.plot(x, y, style, marker="o", ms=3, label=f"R@{metric[10:]} ({space})")
             elif metric == "mean_average_precision_at_r":
                 ax_m.plot(x, y, style, marker="o", ms=3, label=f"MAP@R ({space})")
-    for ax, name in ((ax_r, "Recall@K (%)"), (ax_m, "MAP@R (%)")):
-        ax.xaxis.get_major_locator().set_params(integer=True)
-        ax.set_xlabel("epoch")
-        ax.set_ylabel(name)
-        ax.grid(alpha=0.3)
+    _style_axes(ax_r, "Recall@K (%)", ax_m)
+    for ax in (ax_r, ax_m):
         ax.legend(fontsize=8)
     fig.suptitle(title)
     fig.savefig(path, dpi=120)
@@ -60,11 +57,7 @@ def plot_comparison(histories, path):
         x = [r["epoch"] for r in rows]
         ax_r.plot(x, [100 * r[space]["recall_at_1"] for r in rows], marker="o", ms=3, label=name)
         ax_m.plot(x, [100 * r[space]["mean_average_precision_at_r"] for r in rows], marker="o", ms=3, label=name)
-    for ax, name in ((ax_r, "Recall@1 (%)"), (ax_m, "MAP@R (%)")):
-        ax.xaxis.get_major_locator().set_params(integer=True)
-        ax.set_xlabel("epoch")
-        ax.set_ylabel(name)
-        ax.grid(alpha=0.3)
+    _style_axes(ax_r, "Recall@1 (%)", ax_m)
     ax_m.legend(fontsize=8)
     fig.savefig(path, dpi=120)
 
@@ -179,3 +172,12 @@ def save_map_grid(maps, path, columns=3):
     for ax in axes[len(maps) :]:
         ax.set_visible(False)
     fig.savefig(path, dpi=110)
+
+
+def _style_axes(ax_r, recall_label, ax_m):
+    """Epoch x-axis, labels and grid of the recall and MAP@R panels."""
+    for ax, name in ((ax_r, recall_label), (ax_m, "MAP@R (%)")):
+        ax.xaxis.get_major_locator().set_params(integer=True)
+        ax.set_xlabel("epoch")
+        ax.set_ylabel(name)
+        ax.grid(alpha=0.3)

@@ -12,7 +12,7 @@ from ..miners import ReciprocalTripletMiner
 from ..utils.checks import check_curvature, check_embeddings
 from ..utils.random import uniform_open
 
-# Rows × candidates handled per step of the LCA function (bounded extra memory, cache-friendly passes).
+# Rows × candidates per step of the LCA function (each step stacks the pair and triplet blocks: twice this).
 _CHUNK_ELEMENTS = 1 << 17
 
 
@@ -219,7 +219,8 @@ class HIERLoss(WeightMixin, BaseMetricLossFunction):
         if not len(triplets[0]) == len(triplets[1]) == len(triplets[2]):
             raise ValueError("anchors, positives and negatives of indices_tuple must have the same length.")
         triplets = tuple(t.to(device=device, dtype=torch.long) for t in triplets)
-        if len(triplets[0]) and bool((torch.stack(triplets).min() < 0) | (torch.stack(triplets).max() >= n)):
+        stacked = torch.stack(triplets)
+        if len(triplets[0]) and bool((stacked.min() < 0) | (stacked.max() >= n)):
             raise ValueError(f"indices_tuple holds indices outside [0, {n}): they must index the batch's embeddings.")
         return triplets
 
