@@ -8,8 +8,11 @@ bookkeeping of the loss dicts). Two more rows show the cost of HIER's configurat
 with HIER's paper settings (512 hierarchical proxies, topk 20, 50 triplets per anchor). Target: CHEST (default)
 at most 2.5x pml's time.
 
-    python benchmarks/bench_chest.py
+    python benchmarks/bench_chest.py [--device cuda]
 """
+
+import argparse
+
 
 import torch
 import torch.nn.functional as F
@@ -25,22 +28,28 @@ HIER_PAPER = dict(num_proxies=512, topk=20, triplets_per_anchor=50)
 
 
 def main():
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--device", default="cpu")
+    device = torch.device(parser.parse_args().device)
     torch.set_num_threads(2)
     torch.manual_seed(0)
     print(f"CHEST default: HIER {HIER_DEFAULTS}")
     for num_classes in (100, 11318):
-        labels = torch.randperm(num_classes)[:90].repeat_interleave(2)
-        features = torch.randn(B, D)
+        labels = torch.randperm(num_classes)[:90].repeat_interleave(2).to(device)
+        features = torch.randn(B, D, device=device)
         sphere = F.normalize(features, dim=1).requires_grad_(True)
         layout_b = torch.cat([F.normalize(features[:, :D_E], dim=1), ToPoincare(c=0.1, clip_r=2.3)(features[:, D_E:])], 1)
         layout_b = layout_b.detach().requires_grad_(True)
 
         def chest(**kwargs):
-            return step_fn(CHESTLoss(num_classes, D, euclidean_dim=D_E, centers_per_class=K, **kwargs), layout_b, labels)
+            loss_fn = CHESTLoss(num_classes, D, euclidean_dim=D_E, centers_per_class=K, **kwargs).to(device)
+            return step_fn(loss_fn, layout_b, labels)
 
         only = dict(hyperbolic_weight=0.0, euclidean_weight=0.0, hier_weight=0.0)
         fns = {
-            "pml SoftTripleLoss (D = 128)": step_fn(SoftTripleLoss(num_classes, D, centers_per_class=K), sphere, labels),
+            "pml SoftTripleLoss (D = 128)": step_fn(
+                SoftTripleLoss(num_classes, D, centers_per_class=K).to(device), sphere, labels
+            ),
             "CHESTLoss (default, 64 + 64)": chest(),
             "  part: hyperbolic SoftTriple (64)": chest(**{**only, "hyperbolic_weight": 1.0}),
             "  part: Euclidean pml SoftTriple (64)": chest(**{**only, "euclidean_weight": 1.0}),
@@ -48,9 +57,11 @@ def main():
             "CHESTLoss without HIER": chest(hier_weight=0.0),
             "CHESTLoss, HIER paper sizes": chest(hier_kwargs=HIER_PAPER),
         }
-        times = time_ms(fns, repeats=10 if num_classes < 1000 else 3, warmup=2 if num_classes < 1000 else 1)
-        rows = {name: (times[name], peak_memory_mb(fn)) for name, fn in fns.items()}
-        print(f"\nC = {num_classes} classes x K = {K} proxies, D = {D}, batch {B} (forward + backward, 2 threads)")
+        small = num_classes < 1000 or device.type == "cuda"
+        times = time_ms(fns, repeats=10 if small else 3, warmup=2 if small else 1, device=device)
+        rows = {name: (times[name], peak_memory_mb(fn, device)) for name, fn in fns.items()}
+        where = "2 threads" if device.type == "cpu" else str(device)
+        print(f"\nC = {num_classes} classes x K = {K} proxies, D = {D}, batch {B} (forward + backward, {where})")
         print_table(rows, baseline="pml SoftTripleLoss (D = 128)")
 
 

@@ -7,6 +7,7 @@ a fraction of near-duplicate pairs (d ~ 1e-3 ... 1e-1) so that accuracy on close
 
     python benchmarks/bench_distance.py            # both sizes from the issue
     python benchmarks/bench_distance.py --quick    # small sizes
+    python benchmarks/bench_distance.py --device cuda
 """
 
 import argparse
@@ -62,7 +63,9 @@ def main():
     parser = argparse.ArgumentParser()
     parser.add_argument("--quick", action="store_true")
     parser.add_argument("--repeats", type=int, default=10)
+    parser.add_argument("--device", default="cpu")
     args = parser.parse_args()
+    device = torch.device(args.device)
     torch.set_num_threads(2)
     sizes = [(128, 500, 64), (64, 2000, 32)] if args.quick else [(512, 2000, 384), (180, 20000, 128)]
     ball = geoopt.PoincareBall(c=C)
@@ -73,10 +76,10 @@ def main():
     }
     gen = torch.Generator().manual_seed(0)
     for n, m, dim in sizes:
-        x, y = make_inputs(n, m, dim, gen)
-        print(f"\n== N x M x D = {n} x {m} x {dim}, float32, forward + backward ==")
-        times = time_ms({name: fwd_bwd(fn, x, y) for name, fn in methods.items()}, repeats=args.repeats)
-        rows = {name: (times[name], peak_memory_mb(fwd_bwd(fn, x, y))) for name, fn in methods.items()}
+        x, y = (t.to(device) for t in make_inputs(n, m, dim, gen))
+        print(f"\n== N x M x D = {n} x {m} x {dim}, float32, forward + backward, {device} ==")
+        times = time_ms({name: fwd_bwd(fn, x, y) for name, fn in methods.items()}, repeats=args.repeats, device=device)
+        rows = {name: (times[name], peak_memory_mb(fwd_bwd(fn, x, y), device)) for name, fn in methods.items()}
         print_table(rows, baseline="torch.cdist (Euclidean, default)")
         ref = ref_dist64(x, y)
         with torch.no_grad():

@@ -8,7 +8,7 @@ measurement only (not the official code): the (B+P)×(B+P)×D Möbius-addition d
 anchors with numpy sampling, and F.gumbel_softmax with plain autograd. It needs ~7 GB at D = 512 (skip it with
 --no-official). HIERLoss is timed with the official Gumbel LCAs and with lca="argmax" (no noise to draw).
 
-    python benchmarks/bench_hier.py [--dims 512 128] [--no-official] [--threads 2]
+    python benchmarks/bench_hier.py [--dims 512 128] [--no-official] [--threads 2] [--device cuda]
 """
 
 import argparse
@@ -43,14 +43,14 @@ def official_style_mine(sim, topk, t):
     r.fill_diagonal_(-1)
     a, p, n = [], [], []
     for i in range(len(sim)):
-        pos = (r[i] == 1).nonzero().squeeze(1).numpy()
+        pos = (r[i] == 1).nonzero().squeeze(1).cpu().numpy()
         if len(pos) <= 1:
             continue
-        neg = (r[i] < 1).nonzero().squeeze(1).numpy()
+        neg = (r[i] < 1).nonzero().squeeze(1).cpu().numpy()
         a += [i] * t
         p += list(np.random.choice(pos, t))
         n += list(np.random.choice(neg, t))
-    return torch.tensor(a), torch.tensor(p), torch.tensor(n)
+    return tuple(torch.tensor(v, device=sim.device) for v in (a, p, n))
 
 
 def official_style_ghhc(d, triplets, margin=0.1, tau=0.1):
@@ -91,13 +91,15 @@ def main():
     parser.add_argument("--no-official", action="store_true")
     parser.add_argument("--repeats", type=int, default=10)
     parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--device", default="cpu")
     args = parser.parse_args()
+    device = torch.device(args.device)
     torch.set_num_threads(args.threads)
     for dim in args.dims:
         torch.manual_seed(0)
         np.random.seed(0)
-        features = torch.randn(B, dim) * 10
-        labels = torch.arange(B) // 2
+        features = torch.randn(B, dim, device=device) * 10
+        labels = torch.arange(B, device=device) // 2
         head = ToPoincare(c=C, clip_r=CLIP, riemannian=True)
         kwargs = dict(num_proxies=P, c=C, clip_r=CLIP, topk=TOPK, triplets_per_anchor=T_PER_ANCHOR, generator=0)
 
@@ -109,25 +111,25 @@ def main():
             return step
 
         ours = {
-            "HIERLoss (official Gumbel LCAs)": run(HIERLoss(dim, **kwargs)),
-            'HIERLoss lca="argmax"': run(HIERLoss(dim, lca="argmax", **kwargs)),
+            "HIERLoss (official Gumbel LCAs)": run(HIERLoss(dim, **kwargs).to(device)),
+            'HIERLoss lca="argmax"': run(HIERLoss(dim, lca="argmax", **kwargs).to(device)),
         }
-        counts = HIERLoss(dim, collect_stats=True, **kwargs)
+        counts = HIERLoss(dim, collect_stats=True, **kwargs).to(device)
         counts(head(features), labels)
         print(
             f"\nB={B}, P={P}, D={dim}: {counts.num_data_triplets} data triplets, "
-            f"{counts.num_proxy_triplets} proxy triplets"
+            f"{counts.num_proxy_triplets} proxy triplets, {device}"
         )
         rows = {}
         if not args.no_official:
-            official = run(OfficialStyleHIER(P, dim))
+            official = run(OfficialStyleHIER(P, dim).to(device))
             rows["official-style (N×N×D tensor, loop mining)"] = (
-                time_ms({"o": official}, repeats=2, warmup=1)["o"],
-                peak_memory_mb(official),
+                time_ms({"o": official}, repeats=2, warmup=1, device=device)["o"],
+                peak_memory_mb(official, device),
             )
-        times = time_ms(ours, repeats=args.repeats)
+        times = time_ms(ours, repeats=args.repeats, device=device)
         for name, fn in ours.items():
-            rows[name] = (times[name], peak_memory_mb(fn))
+            rows[name] = (times[name], peak_memory_mb(fn, device))
         print_table(rows, baseline=next(iter(rows)))
 
 

@@ -4,8 +4,10 @@ Same sizes for both: K = 10 proxies per class, D = 128, batch 180, at CUB scale 
 (11,318 classes). Inputs are realistic: ``ToPoincare`` of random features for the hyperbolic loss, L2-normalised
 random features for pml's. Target: at most 1.5x pml's time and 2x its memory at both scales.
 
-    python benchmarks/bench_softtriple.py
+    python benchmarks/bench_softtriple.py [--device cuda]
 """
+
+import argparse
 
 import torch
 import torch.nn.functional as F
@@ -19,25 +21,32 @@ K, D, B = 10, 128, 180
 
 
 def main():
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--device", default="cpu")
+    device = torch.device(parser.parse_args().device)
     torch.set_num_threads(2)
     torch.manual_seed(0)
     for num_classes in (100, 11318):
-        features = torch.randn(B, D)
-        labels = torch.randint(0, num_classes, (B,))
+        features = torch.randn(B, D, device=device)
+        labels = torch.randint(0, num_classes, (B,), device=device)
         ball = ToPoincare(c=0.1, clip_r=2.3)(features).detach().requires_grad_(True)
         sphere = F.normalize(features, dim=1).detach().requires_grad_(True)
         fns = {
-            "pml SoftTripleLoss (cosine)": step_fn(SoftTripleLoss(num_classes, D, centers_per_class=K), sphere, labels),
+            "pml SoftTripleLoss (cosine)": step_fn(
+                SoftTripleLoss(num_classes, D, centers_per_class=K).to(device), sphere, labels
+            ),
             "HyperbolicSoftTripleLoss": step_fn(
-                HyperbolicSoftTripleLoss(num_classes, D, centers_per_class=K), ball, labels
+                HyperbolicSoftTripleLoss(num_classes, D, centers_per_class=K).to(device), ball, labels
             ),
             "HyperbolicSoftTripleLoss + centers reg": step_fn(
-                HyperbolicSoftTripleLoss(num_classes, D, centers_per_class=K, centers_reg_weight=0.1), ball, labels
+                HyperbolicSoftTripleLoss(num_classes, D, centers_per_class=K, centers_reg_weight=0.1).to(device),
+                ball,
+                labels,
             ),
         }
-        times = time_ms(fns, repeats=10 if num_classes < 1000 else 5)
-        rows = {name: (times[name], peak_memory_mb(fn)) for name, fn in fns.items()}
-        print(f"\nC = {num_classes} classes x K = {K} proxies, D = {D}, batch {B} (forward + backward)")
+        times = time_ms(fns, repeats=10 if num_classes < 1000 else 5, device=device)
+        rows = {name: (times[name], peak_memory_mb(fn, device)) for name, fn in fns.items()}
+        print(f"\nC = {num_classes} classes x K = {K} proxies, D = {D}, batch {B} (forward + backward, {device})")
         print_table(rows, baseline="pml SoftTripleLoss (cosine)")
 
 

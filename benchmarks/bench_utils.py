@@ -1,14 +1,17 @@
 """Timing and peak-memory helpers shared by the benchmark scripts.
 
 Times are the minimum over repeats, with the methods interleaved so that machine noise hits them alike; every
-script prints ratios against a baseline measured in the same process. Peak memory is the growth of the process's
-resident set during one call (Linux): freed heap memory is returned to the OS first (``malloc_trim``), the kernel's
-peak counter is reset (``/proc/self/clear_refs``), and ``VmHWM`` is read after the call.
+script prints ratios against a baseline measured in the same process. On CPU, peak memory is the growth of the
+process's resident set during one call (Linux): freed heap memory is returned to the OS first (``malloc_trim``), the
+kernel's peak counter is reset (``/proc/self/clear_refs``), and ``VmHWM`` is read after the call. On CUDA, times are
+taken after ``torch.cuda.synchronize()`` and peak memory is the growth of ``torch.cuda.max_memory_allocated``.
 """
 
 import ctypes
 import gc
 import time
+
+import torch
 
 _LIBC = ctypes.CDLL("libc.so.6")
 
@@ -21,9 +24,16 @@ def _status_kb(key):
     raise RuntimeError(f"{key} not found in /proc/self/status")
 
 
-def peak_memory_mb(fn):
-    """Extra resident memory (MB) at the peak of one ``fn()`` call."""
+def peak_memory_mb(fn, device="cpu"):
+    """Extra memory (MB) at the peak of one ``fn()`` call: resident memory on CPU, allocated memory on CUDA."""
     gc.collect()
+    if torch.device(device).type == "cuda":
+        torch.cuda.synchronize(device)
+        start = torch.cuda.memory_allocated(device)
+        torch.cuda.reset_peak_memory_stats(device)
+        fn()
+        torch.cuda.synchronize(device)
+        return max(torch.cuda.max_memory_allocated(device) - start, 0) / 2**20
     _LIBC.malloc_trim(0)
     start = _status_kb("VmRSS")
     with open("/proc/self/clear_refs", "w") as f:
@@ -32,16 +42,24 @@ def peak_memory_mb(fn):
     return max(_status_kb("VmHWM") - start, 0) / 1024
 
 
-def time_ms(fns, repeats=10, warmup=2):
+def time_ms(fns, repeats=10, warmup=2, device="cpu"):
     """{name: min time in ms} for ``fns = {name: callable}``, interleaved over ``repeats`` rounds."""
+    cuda = torch.device(device).type == "cuda"
+
+    def sync():
+        if cuda:
+            torch.cuda.synchronize(device)
+
     for fn in fns.values():
         for _ in range(warmup):
             fn()
     best = {name: float("inf") for name in fns}
     for _ in range(repeats):
         for name, fn in fns.items():
+            sync()
             t0 = time.perf_counter()
             fn()
+            sync()
             best[name] = min(best[name], time.perf_counter() - t0)
     return {name: 1e3 * t for name, t in best.items()}
 

@@ -20,7 +20,13 @@ def world():
 def init(device):
     """Join the process group (NCCL on CUDA, gloo on CPU); on CUDA each rank takes the GPU ``LOCAL_RANK``."""
     if device.type == "cuda":
-        device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", 0)))
+        local_rank = int(os.environ.get("LOCAL_RANK", 0))
+        if local_rank >= torch.cuda.device_count():
+            raise RuntimeError(
+                f"torchrun started local rank {local_rank} but this node has {torch.cuda.device_count()} GPU(s): run at "
+                "most one process per GPU (--nproc_per_node), or train on CPU with --device cpu."
+            )
+        device = torch.device("cuda", local_rank)
         torch.cuda.set_device(device)
     if not dist.is_initialized():
         dist.init_process_group("nccl" if device.type == "cuda" else "gloo")

@@ -465,6 +465,8 @@ def run(cfg):
         r.trainer.models = {name: getattr(m, "module", m) for name, m in ddp_models.items()}
         start_epoch = r.hooks.load_latest_saved_models(r.trainer, r.model_folder, r.device)
         r.trainer.models = ddp_models
+        for optimizer in r.trainer.optimizers.values():
+            cpu_steps(optimizer)
         print(f"[{cfg.loss}] resuming at epoch {start_epoch} from {r.model_folder}")
     if start_epoch <= cfg.epochs:
         r.history.start()
@@ -472,6 +474,17 @@ def run(cfg):
     if distributed.world()[0] > 0:
         return {}
     return finish(r, time.perf_counter() - t0)
+
+
+def cpu_steps(optimizer):
+    """pml loads checkpoints with ``map_location=device``, which puts the optimizers' ``step`` counters on the GPU;
+    torch keeps them on the CPU unless the optimizer is capturable or fused. Put them back (an exact resume saves the
+    same state as an uninterrupted run, and no step pays a device sync to read its counter)."""
+    if optimizer.defaults.get("capturable") or optimizer.defaults.get("fused"):
+        return
+    for state in optimizer.state.values():
+        if isinstance(state.get("step"), torch.Tensor):
+            state["step"] = state["step"].cpu()
 
 
 def finish(r, wall_time):

@@ -5,6 +5,26 @@ from .. import poincare
 from ..utils.checks import check_curvature, check_embeddings, check_in_ball
 
 SPACES = ("euclidean", "hyperbolic", "both")
+# 2 - 2 x.y loses ~1e-7 absolutely to cancellation: pairs below this squared distance are recomputed exactly.
+_CLOSE_SQ = 1e-2
+
+
+def _chordal_sq(x, y):
+    r"""\|x_i - y_j\|^2 of unit vectors, N×M: :math:`2 - 2\,x_i\cdot y_j` from one matrix product, with the close pairs
+    (where the product cancels) taken from exact differences, values and gradients."""
+    z = (2 - 2 * (x @ y.t())).float().clamp_min(0)
+    with torch.no_grad():
+        rows, cols = poincare._where_at_most(z, z.new_full((len(z),), _CLOSE_SQ))
+    if torch.is_grad_enabled() and (x.requires_grad or y.requires_grad):
+        exact = (x[rows].float() - y[cols].float()).pow(2).sum(1)
+    else:  # chunked: evaluation may have many close pairs
+        exact = poincare._exact_sq_dists(x.float(), y.float(), rows, cols)
+    return z.index_put((rows, cols), exact)
+
+
+def _sqrt0(sq):
+    """sqrt with a zero gradient (not NaN) at 0."""
+    return torch.where(sq > 0, sq.clamp_min(torch.finfo(sq.dtype).tiny).sqrt(), torch.zeros_like(sq))
 
 
 class EuclideanHyperbolicDistance(BaseDistance):
@@ -58,7 +78,7 @@ class EuclideanHyperbolicDistance(BaseDistance):
         re, rh = self.split(ref_emb)
         d_e2 = d_h = None
         if self.space != "hyperbolic":
-            d_e2 = (2 - 2 * (qe @ re.t()).float()).clamp_min(0)
+            d_e2 = _chordal_sq(qe, re)
         if self.space != "euclidean":
             check_in_ball(qh, self.c, "ball part of the query embeddings")
             check_in_ball(rh, self.c, "ball part of the reference embeddings")
@@ -74,12 +94,10 @@ class EuclideanHyperbolicDistance(BaseDistance):
 
     def _combine(self, d_e2, d_h):
         if d_h is None:
-            return d_e2.sqrt()
+            return _sqrt0(d_e2)
         if d_e2 is None:
             return d_h
-        # sqrt(w_E d_E^2 + w_H d_H^2), with a zero gradient (not NaN) where both parts vanish
-        sq = self.euclidean_weight * d_e2.to(d_h.dtype) + self.hyperbolic_weight * d_h.square()
-        return torch.where(sq > 0, sq.clamp_min(torch.finfo(sq.dtype).tiny).sqrt(), torch.zeros_like(sq))
+        return _sqrt0(self.euclidean_weight * d_e2.to(d_h.dtype) + self.hyperbolic_weight * d_h.square())
 
     def check_shapes(self, query_emb, ref_emb):
         check_embeddings(query_emb, "query embeddings")

@@ -42,10 +42,34 @@ def test_euclidean_space_ranks_like_cosine(emb):
     assert torch.equal(d.argsort(1)[:, 1:], (-cos).argsort(1)[:, 1:])
 
 
-def test_gradients_are_finite_on_the_diagonal(emb):
+@pytest.mark.parametrize("space", ["euclidean", "both"])
+def test_gradients_are_finite_on_the_diagonal(emb, space):
     x = emb.clone().requires_grad_()
-    EuclideanHyperbolicDistance(6, space="both")(x).sum().backward()
+    EuclideanHyperbolicDistance(6, space=space)(x).sum().backward()
     assert torch.isfinite(x.grad).all()
+
+
+def test_close_pairs_keep_their_relative_accuracy():
+    """Near-duplicate directions (chord 1e-4 .. 1e-1), where 2 - 2 cos cancels in float32: the matrix matches the
+    float64 chord to 1e-4 relative, identical points are exactly 0, and the gradient matches float64's."""
+    g = torch.Generator().manual_seed(3)
+    base = torch.randn(8, 6, generator=g, dtype=torch.float64)
+    scales = torch.logspace(-4, -1, 8, dtype=torch.float64)[:, None]
+    near = base + scales * torch.randn(8, 6, generator=g, dtype=torch.float64) * base.norm(dim=1, keepdim=True)
+    x = torch.cat([torch.cat([base, near]), torch.full((16, 2), 0.1, dtype=torch.float64)], dim=1)
+    d = EuclideanHyperbolicDistance(6, space="euclidean")
+    ref = reference(x, "euclidean")
+    got = d(x.float())
+    assert torch.equal(got.diagonal(), torch.zeros(16))
+    torch.testing.assert_close(got.double(), ref, rtol=1e-4, atol=1e-9)
+    x32, x64 = x.float().requires_grad_(), x.clone().requires_grad_()
+    weights = torch.rand(16, 16, generator=g, dtype=torch.float64)
+    (d(x32) * weights.float()).sum().backward()
+    e = torch.nn.functional.normalize(x64[:, :6], dim=1)
+    diff = (e[:, None] - e[None]).pow(2).sum(-1)
+    chord = torch.where(diff > 0, diff.clamp_min(1e-300).sqrt(), torch.zeros_like(diff))
+    (chord * weights).sum().backward()
+    torch.testing.assert_close(x32.grad.double(), x64.grad, rtol=1e-3, atol=1e-3)
 
 
 def test_errors(emb):

@@ -9,7 +9,8 @@ from pml_hyperbolic_examples.distributed import RankShardSampler
 from pytorch_metric_learning.samplers import MPerClassSampler
 
 TRAIN = os.path.join(os.path.dirname(__file__), "..", "..", "examples", "train.py")
-FAST = ["--samples-per-epoch", "100", "--hier-proxies", "32", "--hier-topk", "10", "--batch-size", "20"]
+FAST = ["--device", "cpu", "--samples-per-epoch", "100", "--hier-proxies", "32", "--hier-topk", "10"]
+FAST += ["--batch-size", "20"]
 
 
 def torchrun(*args):

@@ -337,6 +337,7 @@ def test_metric_loss_only_trainer(case):
         mining_funcs=mining,
         dataset=torch.utils.data.TensorDataset(x, y),
         dataloader_num_workers=0,
+        data_device=torch.device("cpu"),  # pml's default is the GPU when there is one; the models are on the CPU
         end_of_iteration_hook=record_gradients,
     )
     trainer.train(num_epochs=3)
@@ -437,8 +438,23 @@ def test_bad_inputs():
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
 def test_cuda_matches_cpu():
-    chest = make_chest("b", hier_kwargs=dict(HIER_KW, lca="argmax", generator=0))
+    # A seeded generator draws different streams on CPU and on CUDA: both copies mine HIER's triplets on the CPU
+    # from the same seed, so that the comparison is about the CUDA arithmetic (values and gradients).
+    cpu_loss = make_chest("b", hier_kwargs=dict(HIER_KW, lca="argmax", generator=0))
+    gpu_loss = copy.deepcopy(cpu_loss).cuda()
+    miner, mine = gpu_loss.hier_loss.miner, gpu_loss.hier_loss.miner.mine_similarity
+    miner.mine_similarity = lambda sim, labels=None: tuple(
+        t.cuda() for t in mine(sim.cpu(), None if labels is None else labels.cpu())
+    )
     x, y = embeddings(24, "b", seed=14, dtype=torch.float32), labels_for(24)
-    cpu = chest(x, y)
-    gpu = chest.cuda()(x.cuda(), y.cuda())
-    torch.testing.assert_close(gpu.cpu(), cpu, rtol=1e-4, atol=1e-4)
+    x_cpu, x_gpu = x.clone().requires_grad_(), x.cuda().requires_grad_()
+    cpu, gpu = cpu_loss(x_cpu, y), gpu_loss(x_gpu, y.cuda())
+    torch.testing.assert_close(gpu.cpu(), cpu, rtol=1e-5, atol=1e-5)
+    cpu.backward()
+    gpu.backward()
+    pairs = [("embeddings", x_gpu, x_cpu)] + [
+        (name, p_gpu, p_cpu) for (name, p_cpu), p_gpu in zip(cpu_loss.named_parameters(), gpu_loss.parameters())
+    ]
+    for name, p_gpu, p_cpu in pairs:  # float32 sums in two orders: tolerance relative to the largest entry
+        atol = 1e-5 * p_cpu.grad.abs().max().item()
+        torch.testing.assert_close(p_gpu.grad.cpu(), p_cpu.grad, rtol=1e-4, atol=atol, msg=name)

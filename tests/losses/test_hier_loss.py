@@ -346,7 +346,7 @@ def test_training_step_with_multiple_losses_and_trainer():
     }
     trainer = trainers.MetricLossOnly(
         models, optimizers, batch_size=30, loss_funcs={"metric_loss": loss_fn}, dataset=dataset,
-        dataloader_num_workers=0,
+        dataloader_num_workers=0, data_device=torch.device("cpu"),  # pml's default: the GPU when there is one
     )
     trainer.train(num_epochs=1)
     assert not torch.equal(before, hier.proxies.detach()) and torch.isfinite(hier.proxies).all()
@@ -421,4 +421,4 @@ def test_cuda_matches_cpu_with_injected_noise():
     cuda.sample_noise = lambda shape, dtype, device: e.to(device, dtype)
     want = cpu.triplet_lca_losses(cpu.distance(z, cpu.get_proxies()), i, j, k)[0]
     got = cuda.triplet_lca_losses(cuda.distance(z.cuda(), cuda.get_proxies()), i.cuda(), j.cuda(), k.cuda())[0]
-    torch.testing.assert_close(got.cpu(), want, rtol=1e-6, atol=1e-9)
+    torch.testing.assert_close(got.cpu(), want, rtol=1e-4, atol=1e-6)  # float32 kernels of two devices

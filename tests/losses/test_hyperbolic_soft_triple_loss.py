@@ -362,6 +362,7 @@ def test_metric_loss_only_trainer_with_metric_loss_optimizer():
         dataset=torch.utils.data.TensorDataset(x, y),
         iterations_per_epoch=2,
         dataloader_num_workers=0,
+        data_device=torch.device("cpu"),  # pml's default is the GPU when there is one; the models are on the CPU
     )
     trainer.train(num_epochs=1)
     assert math.isfinite(trainer.losses["metric_loss"])

@@ -1,6 +1,7 @@
 """A few hundred training steps of every loss of this package under autocast (bfloat16 on CPU, float16 with a
 GradScaler on CUDA), at a high learning rate that drives embeddings and proxies towards the ball's boundary: no NaN
-or inf in losses, gradients or parameters, and the loss parameters keep float32."""
+or inf in losses, gradients or parameters, and the loss parameters keep float32. (With float16, the GradScaler's first
+steps overflow the scaled gradients until its scale has come down: those, and only a few, may be non-finite.)"""
 
 import pytest
 import torch
@@ -39,7 +40,7 @@ def train(name, device, dtype):
     params = list(model.parameters()) + list(loss.parameters())
     opt = torch.optim.Adam(params, lr=3e-2)
     scaler = torch.amp.GradScaler(device.type, enabled=dtype == torch.float16)
-    first = None
+    first, overflows = None, 0
     for step in range(STEPS):
         y = torch.arange(36) % CLASSES
         x = (centres[y] + torch.randn(36, 20, generator=g)).to(device)
@@ -50,13 +51,17 @@ def train(name, device, dtype):
         scaler.scale(value).backward()
         assert torch.isfinite(value), (name, step)
         scaler.unscale_(opt)
-        for p in params:
-            assert p.grad is None or torch.isfinite(p.grad).all(), (name, step)
+        if not all(p.grad is None or torch.isfinite(p.grad).all() for p in params):
+            # Only the float16 backward of the *scaled* loss may overflow: the GradScaler then skips the step and
+            # halves its scale. A NaN or inf from the loss itself would recur at every scale.
+            assert scaler.is_enabled(), (name, step)
+            overflows += 1
         first = value.item() if first is None else first
         scaler.step(opt)
         scaler.update()
         for p in params:
             assert torch.isfinite(p).all() and p.dtype == torch.float32, (name, step)
+    assert overflows <= 20, f"{name}: {overflows} of {STEPS} steps had non-finite gradients"
     assert value.item() < first, "the loss must go down"
 
 

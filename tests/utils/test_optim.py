@@ -90,6 +90,7 @@ def test_pml_trainer_with_a_separate_metric_loss_optimizer():
         dataset=torch.utils.data.TensorDataset(torch.randn(32, 8), torch.arange(32) % 4),
         iterations_per_epoch=2,
         dataloader_num_workers=0,
+        data_device=torch.device("cpu"),  # pml's default is the GPU when there is one; the models are on the CPU
     )
     trainer.train(num_epochs=1)
     assert not torch.equal(loss.proxies.detach(), before)
