@@ -501,7 +501,7 @@ def test_cuda_embeddings_move_the_proxies_not_their_dtype():
     value = loss(emb.cuda().half(), labels.cuda())
     assert loss.proxies.device.type == "cuda" and loss.proxies.dtype == torch.float32
     torch.testing.assert_close(value.cpu(), loss(emb.half().float().cuda(), labels.cuda()).cpu())
-    assert abs(float(value) - float(cpu_value)) < 1e-2
+    assert abs(value.item() - cpu_value.item()) < 1e-2
 
 
 # --------------------------------------------------------------------------------------------------- clear errors
