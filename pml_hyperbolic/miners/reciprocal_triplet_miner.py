@@ -34,8 +34,8 @@ class ReciprocalTripletMiner(BaseMiner):
         triplets_per_anchor: triplets sampled per valid anchor (50 in the official code).
         exclude_self_negative: never use the anchor as its own negative (default; False = official behaviour).
         generator: randomness source: None (torch's global RNG), an int seed (a ``torch.Generator`` seeded with it is
-            created on the embeddings' device at first use, so a run is reproducible), or a ``torch.Generator`` on the
-            embeddings' device.
+            created on the embeddings' device at first use, so a run is reproducible on that device; CPU and CUDA
+            generators draw different streams from the same seed), or a ``torch.Generator`` on the embeddings' device.
         **kwargs: passed to pml's ``BaseMiner`` (``distance``, ``collect_stats``). The default distance is
             :class:`~pml_hyperbolic.distances.PoincareDistance` (c = 0.1); any pml distance works (inverted ones rank by
             similarity, others by −distance, the same ranking as :math:`e^{-d}`).
