@@ -11,12 +11,9 @@ at most 2.5x pml's time.
     python benchmarks/bench_chest.py [--device cuda]
 """
 
-import argparse
-
-
 import torch
 import torch.nn.functional as F
-from bench_utils import peak_memory_mb, print_table, step_fn, time_ms
+from bench_utils import device_parser, peak_memory_mb, print_table, step_fn, time_ms
 from pytorch_metric_learning.losses import SoftTripleLoss
 
 from pml_hyperbolic.layers import ToPoincare
@@ -28,9 +25,7 @@ HIER_PAPER = dict(num_proxies=512, topk=20, triplets_per_anchor=50)
 
 
 def main():
-    parser = argparse.ArgumentParser()
-    parser.add_argument("--device", default="cpu")
-    device = torch.device(parser.parse_args().device)
+    device = device_parser().parse_args().device
     torch.set_num_threads(2)
     torch.manual_seed(0)
     print(f"CHEST default: HIER {HIER_DEFAULTS}")

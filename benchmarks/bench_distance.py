@@ -10,12 +10,11 @@ a fraction of near-duplicate pairs (d ~ 1e-3 ... 1e-1) so that accuracy on close
     python benchmarks/bench_distance.py --device cuda
 """
 
-import argparse
 import math
 
 import geoopt
 import torch
-from bench_utils import peak_memory_mb, print_table, time_ms
+from bench_utils import device_parser, peak_memory_mb, print_table, time_ms
 
 from pml_hyperbolic.distances import PoincareDistance
 from pml_hyperbolic.layers import ToPoincare
@@ -60,12 +59,11 @@ def fwd_bwd(fn, x, y):
 
 
 def main():
-    parser = argparse.ArgumentParser()
+    parser = device_parser()
     parser.add_argument("--quick", action="store_true")
     parser.add_argument("--repeats", type=int, default=10)
-    parser.add_argument("--device", default="cpu")
     args = parser.parse_args()
-    device = torch.device(args.device)
+    device = args.device
     torch.set_num_threads(2)
     sizes = [(128, 500, 64), (64, 2000, 32)] if args.quick else [(512, 2000, 384), (180, 20000, 128)]
     ball = geoopt.PoincareBall(c=C)

@@ -11,13 +11,12 @@ anchors with numpy sampling, and F.gumbel_softmax with plain autograd. It needs 
     python benchmarks/bench_hier.py [--dims 512 128] [--no-official] [--threads 2] [--device cuda]
 """
 
-import argparse
 import math
 
 import numpy as np
 import torch
 import torch.nn.functional as F
-from bench_utils import peak_memory_mb, print_table, time_ms
+from bench_utils import device_parser, peak_memory_mb, print_table, time_ms
 
 from pml_hyperbolic.layers import ToPoincare
 from pml_hyperbolic.losses import HIERLoss
@@ -86,14 +85,13 @@ class OfficialStyleHIER(torch.nn.Module):
 
 
 def main():
-    parser = argparse.ArgumentParser()
+    parser = device_parser()
     parser.add_argument("--dims", type=int, nargs="+", default=[512, 128])
     parser.add_argument("--no-official", action="store_true")
     parser.add_argument("--repeats", type=int, default=10)
     parser.add_argument("--threads", type=int, default=2)
-    parser.add_argument("--device", default="cpu")
     args = parser.parse_args()
-    device = torch.device(args.device)
+    device = args.device
     torch.set_num_threads(args.threads)
     for dim in args.dims:
         torch.manual_seed(0)

@@ -7,11 +7,9 @@ random features for pml's. Target: at most 1.5x pml's time and 2x its memory at 
     python benchmarks/bench_softtriple.py [--device cuda]
 """
 
-import argparse
-
 import torch
 import torch.nn.functional as F
-from bench_utils import peak_memory_mb, print_table, step_fn, time_ms
+from bench_utils import device_parser, peak_memory_mb, print_table, step_fn, time_ms
 from pytorch_metric_learning.losses import SoftTripleLoss
 
 from pml_hyperbolic.layers import ToPoincare
@@ -21,9 +19,7 @@ K, D, B = 10, 128, 180
 
 
 def main():
-    parser = argparse.ArgumentParser()
-    parser.add_argument("--device", default="cpu")
-    device = torch.device(parser.parse_args().device)
+    device = device_parser().parse_args().device
     torch.set_num_threads(2)
     torch.manual_seed(0)
     for num_classes in (100, 11318):

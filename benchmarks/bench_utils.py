@@ -7,6 +7,7 @@ kernel's peak counter is reset (``/proc/self/clear_refs``), and ``VmHWM`` is rea
 taken after ``torch.cuda.synchronize()`` and peak memory is the growth of ``torch.cuda.max_memory_allocated``.
 """
 
+import argparse
 import ctypes
 import gc
 import time
@@ -22,6 +23,13 @@ def _status_kb(key):
             if line.startswith(key):
                 return int(line.split()[1])
     raise RuntimeError(f"{key} not found in /proc/self/status")
+
+
+def device_parser():
+    """An ``ArgumentParser`` with the benchmarks' common ``--device`` option (a ``torch.device``, default CPU)."""
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--device", type=torch.device, default=torch.device("cpu"), help="cpu, cuda, cuda:1, ...")
+    return parser
 
 
 def peak_memory_mb(fn, device="cpu"):
