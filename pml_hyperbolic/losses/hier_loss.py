@@ -10,7 +10,8 @@ from ..distances import PoincareDistance
 from ..layers import ToPoincare
 from ..miners import ReciprocalTripletMiner
 from ..utils.checks import check_curvature, check_embeddings
-from ..utils.random import uniform_open
+from ..utils import native
+from ..utils.random import counter_uniform
 
 # Rows × candidates per step of the LCA function (each step stacks the pair and triplet blocks: twice this).
 _CHUNK_ELEMENTS = 1 << 17
@@ -53,8 +54,12 @@ class HIERLoss(WeightMixin, BaseMetricLossFunction):
       zeroed triplets, so its scale depends on the collision rate). Default ``"all"`` is the official reduction.
     * The (B+P)×(B+P) distance matrix comes from one call of the matrix-product kernel (the official code builds a
       (B+P)×(B+P)×D tensor) and is symmetrised, (D + Dᵀ)/2, so that the tie between a pair's own members is exact.
-      Both terms go through one LCA pass, in row chunks with a hand-written backward (the soft samples are kept,
-      2·T·P floats), and the sampling is vectorised.
+      Both terms go through one LCA pass with a hand-written backward, and the sampling is vectorised. On CPU in
+      float32 the LCA pass runs in a fused C kernel (:mod:`pml_hyperbolic.utils.native`, built at first use; it
+      recomputes the soft samples in the backward instead of storing them); elsewhere, or without a C compiler, in
+      torch ops, in row chunks (the soft samples are kept, 2·T·P floats). Both give the same results.
+    * Gumbel noise on CPU: the counter-based stream :func:`~pml_hyperbolic.utils.random.counter_uniform` of one key
+      drawn from ``generator`` per forward (the kernel computes it in place); on other devices ``torch.rand``.
     * Robustness: the official code crashes or samples wrong indices for batch ≤ topk or anchors with a single
       negative. Here an anchor needs two mutual neighbours and one negative; if no anchor qualifies (e.g. batch ≤
       topk: every pair is mutual) the term is zero. ``num_proxies`` must exceed ``topk``.
@@ -81,7 +86,7 @@ class HIERLoss(WeightMixin, BaseMetricLossFunction):
         exclude_self_negative: see above (True fixes the official sampler).
         riemannian: scale the proxies' gradient by :math:`(1 - c\|\rho\|^2)^2/4` (official: True).
         generator: randomness of the mining and of the Gumbel noise (one stream: data mining, proxy mining, then the
-            noise of both terms): None (global RNG), an int seed or a ``torch.Generator``.
+            noise of both terms: on CPU one key per forward): None (global RNG), an int seed or a ``torch.Generator``.
         **kwargs: passed to pml's ``BaseMetricLossFunction`` (``reducer``, ``distance``, ``weight_init_func``,
             ``embedding_regularizer``, ``collect_stats``). The distance must be a
             :class:`~pml_hyperbolic.distances.PoincareDistance` with the same ``c``.
@@ -231,8 +236,10 @@ class HIERLoss(WeightMixin, BaseMetricLossFunction):
         ``negatives``) to P candidate LCAs. Returns ``(losses, collided)``, both of shape (T,); collided triplets
         (same LCA for the pair and the triplet) have loss 0. Gumbel noise comes from :meth:`sample_noise`.
         """
-        if dist.ndim != 2:
-            raise ValueError(f"dist must be a 2-D (points × candidates) matrix, got shape {tuple(dist.shape)}.")
+        if dist.ndim != 2 or dist.shape[1] == 0:
+            raise ValueError(f"dist must be a 2-D (points × candidates) matrix with candidates, got {tuple(dist.shape)}.")
+        if not bool(torch.isfinite(dist).all()):
+            raise ValueError("dist holds NaN or inf: the distances must be finite.")
         triplets = [t.to(device=dist.device, dtype=torch.long) for t in (anchors, positives, negatives)]
         if len(triplets[0]) == 0:
             empty = dist.new_zeros(0)
@@ -240,16 +247,39 @@ class HIERLoss(WeightMixin, BaseMetricLossFunction):
         stacked = torch.stack(triplets)
         if bool((stacked.min() < 0) | (stacked.max() >= dist.shape[0])):
             raise ValueError(f"Triplet indices must lie in [0, {dist.shape[0]}) (rows of the distance block).")
-        noise = self.sample_noise if self.lca == "gumbel" else None
-        losses, lca_pair, lca_triplet = _TripletLCAHinge.apply(dist, *triplets, self.margin, self.tau, noise)
+        use_native = (
+            self.lca == "gumbel" and dist.device.type == "cpu" and dist.dtype == torch.float32
+            and native.hier_lca() is not None
+        )
+        noise_shape = (2, len(triplets[0]), dist.shape[1])
+        if self.lca == "argmax":
+            noise = None
+        elif dist.device.type == "cpu" and self._default_noise():
+            noise = self._noise_key()  # counter_uniform(key, noise_shape), computed where it is used
+        else:
+            noise = self.sample_noise(noise_shape, dist.dtype, dist.device)
+            if noise.shape != noise_shape:
+                raise ValueError(f"sample_noise returned shape {tuple(noise.shape)}, expected {noise_shape}.")
+        losses, lca_pair, lca_triplet = _TripletLCAHinge.apply(dist, *triplets, self.margin, self.tau, noise, use_native)
         return losses, lca_pair == lca_triplet
 
     def sample_noise(self, shape, dtype, device):
         r"""Uniform variates :math:`U` of the Gumbel noise :math:`g = -\log(-\log U)` (``F.gumbel_softmax`` draws
-        :math:`E = -\log U \sim \text{Exp}(1)` and takes :math:`-\log E`), shape ``(2, n, P)``: [0] for
-        :math:`\pi_{ij}`, [1] for :math:`\pi_{ijk}`; from :func:`~pml_hyperbolic.utils.random.uniform_open`. Override
-        it to inject noise."""
-        return uniform_open(shape, generator=self.miner.get_generator(device), device=device, dtype=dtype)
+        :math:`E = -\log U \sim \text{Exp}(1)` and takes :math:`-\log E`), shape ``(2, T, P)``: [0] for
+        :math:`\pi_{ij}`, [1] for :math:`\pi_{ijk}`. On CPU: :func:`~pml_hyperbolic.utils.random.counter_uniform` of
+        one key drawn from the generator per call (the native kernel computes the same values in place instead of
+        calling this); on other devices ``torch.rand``. Override it (on the class or an instance) to inject noise."""
+        if device.type == "cpu":
+            return counter_uniform(self._noise_key(), shape, dtype)
+        u = torch.rand(shape, generator=self.miner.get_generator(device), device=device, dtype=dtype)
+        return u.clamp_min_(torch.finfo(dtype).tiny)
+
+    def _noise_key(self):
+        generator = self.miner.get_generator(torch.device("cpu"))
+        return int(torch.empty((), dtype=torch.int64).random_(generator=generator))
+
+    def _default_noise(self):
+        return "sample_noise" not in vars(self) and type(self).sample_noise is HIERLoss.sample_noise
 
 
 def _select(m, noise):
@@ -266,7 +296,12 @@ def _select(m, noise):
 
 
 class _TripletLCAHinge(torch.autograd.Function):
-    """Forward: (losses, lca_pair, lca_triplet) of HIER's triplets on the distance block ``dist``, in row chunks.
+    """Forward: (losses, lca_pair, lca_triplet) of HIER's triplets on the distance block ``dist``.
+
+    ``noise``: None (argmax LCAs), uniforms (2, T, P), or the int key of ``counter_uniform(key, (2, T, P))``
+    (computed chunk by chunk, or in place by the kernel). With ``use_native`` the LCA selection and its backward run
+    in the C kernel of :mod:`pml_hyperbolic.utils.native`, which recomputes the soft samples in the backward;
+    otherwise in torch ops, in row chunks, keeping the soft samples (2·T·P floats).
 
     Backward: the hard samples' values give the direct gradient ±e at the selected columns (e: the weights of the
     active hinges); the straight-through path gives, with C = (e_i D_i + e_j D_j - e_k D_k)/tau and the soft samples
@@ -275,37 +310,35 @@ class _TripletLCAHinge(torch.autograd.Function):
     """
 
     @staticmethod
-    def forward(ctx, dist, i, j, k, margin, tau, noise_fn):
+    def forward(ctx, dist, i, j, k, margin, tau, noise, use_native):
         with torch.autocast(device_type=dist.device.type, enabled=False):
-            n_rows, n_cols = len(i), dist.shape[1]
-            step = max(1, _CHUNK_ELEMENTS // n_cols)
             scaled = dist * (1 / tau)
-            lca_pair = torch.empty(n_rows, dtype=torch.long, device=dist.device)
-            lca_triplet = torch.empty_like(lca_pair)
-            soft = []
-            for s in range(0, n_rows, step):
-                ic, jc, kc = i[s : s + step], j[s : s + step], k[s : s + step]
-                m = torch.empty(2, len(ic), n_cols, dtype=dist.dtype, device=dist.device)  # M_ij, M_ijk
-                torch.maximum(scaled.index_select(0, ic), scaled.index_select(0, jc), out=m[0])
-                torch.maximum(m[0], scaled.index_select(0, kc), out=m[1])
-                noise = noise_fn(m.shape, dist.dtype, dist.device) if noise_fn else None
-                lca, y = _select(m, noise)
-                lca_pair[s : s + step], lca_triplet[s : s + step] = lca
-                soft.append(y)
-            a, b = lca_pair, lca_triplet
+            if use_native:
+                key = noise if isinstance(noise, int) else 0
+                uniforms = None if isinstance(noise, int) else noise.to("cpu", torch.float32).contiguous()
+                a, b = native.lca_forward(scaled.contiguous(), i.contiguous(), j.contiguous(), k.contiguous(),
+                                          uniforms, key)
+                ctx.native, ctx.soft = (uniforms, key), None
+            else:
+                a, b, ctx.soft, ctx.step = _select_chunks(scaled, i, j, k, noise)
+                ctx.native = None
             hinge = torch.stack([dist[i, a] - dist[i, b], dist[j, a] - dist[j, b], dist[k, b] - dist[k, a]])
             active = (hinge.add_(margin) > 0) & (a != b)
             losses = hinge.clamp_min_(0).mul_(active).sum(0)
         ctx.save_for_backward(scaled, i, j, k, a, b, active)
-        ctx.soft, ctx.step = soft, step
-        ctx.mark_non_differentiable(lca_pair, lca_triplet)
-        return losses, lca_pair, lca_triplet
+        ctx.mark_non_differentiable(a, b)
+        return losses, a, b
 
     @staticmethod
     def backward(ctx, grad, _grad_pair, _grad_triplet):
         scaled, i, j, k, a, b, active = ctx.saved_tensors
         with torch.autocast(device_type=scaled.device.type, enabled=False):
             e = active.to(scaled.dtype).mul_(grad.to(scaled.dtype))  # weights of the 3 hinges of each triplet
+            if ctx.native is not None:
+                uniforms, key = ctx.native
+                grad_dist = native.lca_backward(scaled.contiguous(), i.contiguous(), j.contiguous(), k.contiguous(),
+                                                uniforms, key, a, b, e.to(torch.float32).contiguous())
+                return grad_dist.to(scaled.dtype), None, None, None, None, None, None, None
             grad_dist = torch.zeros_like(scaled)
             # direct path: +-e at the selected LCAs (the values of the hard samples)
             rows = torch.cat([i, i, j, j, k, k])
@@ -328,4 +361,26 @@ class _TripletLCAHinge(torch.autograd.Function):
                     g_trip = torch.mul(g_pair, mask, out=g_trip)
                     grad_dist.index_add_(0, ic, g_trip)
                     grad_dist.index_add_(0, jc, g_pair.sub_(g_trip))
-        return grad_dist, None, None, None, None, None, None
+        return grad_dist, None, None, None, None, None, None, None
+
+
+def _select_chunks(scaled, i, j, k, noise):
+    """LCAs of all rows in torch ops, in chunks of about _CHUNK_ELEMENTS: (lca_pair, lca_triplet, soft, step)."""
+    n_rows, n_cols = len(i), scaled.shape[1]
+    step = max(1, _CHUNK_ELEMENTS // n_cols)
+    lca_pair = torch.empty(n_rows, dtype=torch.long, device=scaled.device)
+    lca_triplet = torch.empty_like(lca_pair)
+    soft = []
+    for s in range(0, n_rows, step):
+        ic, jc, kc = i[s : s + step], j[s : s + step], k[s : s + step]
+        m = torch.empty(2, len(ic), n_cols, dtype=scaled.dtype, device=scaled.device)  # M_ij, M_ijk
+        torch.maximum(scaled.index_select(0, ic), scaled.index_select(0, jc), out=m[0])
+        torch.maximum(m[0], scaled.index_select(0, kc), out=m[1])
+        if isinstance(noise, int):  # rows s... of both blocks of counter_uniform(noise, (2, n_rows, n_cols))
+            u = [counter_uniform(noise, m.shape[1:], scaled.dtype, first_row=s + b * n_rows) for b in (0, 1)]
+            lca, y = _select(m, torch.stack(u))
+        else:
+            lca, y = _select(m, None if noise is None else noise[:, s : s + step])
+        lca_pair[s : s + step], lca_triplet[s : s + step] = lca
+        soft.append(y)
+    return lca_pair, lca_triplet, soft, step

@@ -408,6 +408,17 @@ def test_bad_inputs_raise_clear_errors():
         loss(z, torch.arange(10), (torch.tensor([0]), torch.tensor([1]), torch.tensor([10])))
     with pytest.raises(ValueError, match="same length"):
         loss(z, torch.arange(10), (torch.tensor([0]), torch.tensor([1, 2]), torch.tensor([3])))
+    # the core on a user's distance block
+    block, idx = torch.rand(5, 4), torch.tensor([0, 1])
+    with pytest.raises(ValueError, match="candidates"):
+        loss.triplet_lca_losses(block[:, :0], idx, idx, idx)
+    with pytest.raises(ValueError, match="finite"):
+        loss.triplet_lca_losses(torch.where(block > 0.5, float("inf"), block), idx, idx, idx)
+    with pytest.raises(ValueError, match=r"\[0, 5\)"):
+        loss.triplet_lca_losses(block, idx, idx, idx + 4)
+    loss.sample_noise = lambda shape, dtype, device: torch.rand(2, 3, 4)
+    with pytest.raises(ValueError, match="sample_noise returned shape"):
+        loss.triplet_lca_losses(block, idx, idx, idx)
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
