@@ -97,7 +97,8 @@ typedef struct {
 } job_t;
 
 /* w for one row and block b, normalised to y = w / sum(w) if normalize. */
-static void sample_row(const job_t *job, int b, int64_t t, const float *m, float *w, int normalize) {
+static void sample_row(const job_t *job, int b, int64_t t, const float *restrict m, float *restrict w,
+                       int normalize) {
     const int64_t P = job->P;
     float lo = m[0];
     for (int64_t p = 1; p < P; p++) lo = m[p] < lo ? m[p] : lo;
@@ -128,7 +129,7 @@ static int64_t first_argmin(const float *w, int64_t P) {
 }
 
 /* m1 = max(s_i, s_j), m2 = max(m1, s_k) for triplet t. */
-static void row_maxima(const job_t *job, int64_t t, float *m1, float *m2) {
+static void row_maxima(const job_t *job, int64_t t, float *restrict m1, float *restrict m2) {
     const int64_t P = job->P;
     const float *si = job->s + job->i[t] * P, *sj = job->s + job->j[t] * P, *sk = job->s + job->k[t] * P;
     for (int64_t p = 0; p < P; p++) {

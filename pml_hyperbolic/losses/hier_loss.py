@@ -237,7 +237,7 @@ class HIERLoss(WeightMixin, BaseMetricLossFunction):
         (same LCA for the pair and the triplet) have loss 0. Gumbel noise comes from :meth:`sample_noise`.
         """
         if dist.ndim != 2 or dist.shape[1] == 0:
-            raise ValueError(f"dist must be a 2-D (points × candidates) matrix with candidates, got {tuple(dist.shape)}.")
+            raise ValueError(f"dist must be a 2-D (points × candidates) matrix, got shape {tuple(dist.shape)}.")
         if not bool(torch.isfinite(dist).all()):
             raise ValueError("dist holds NaN or inf: the distances must be finite.")
         triplets = [t.to(device=dist.device, dtype=torch.long) for t in (anchors, positives, negatives)]
@@ -260,7 +260,8 @@ class HIERLoss(WeightMixin, BaseMetricLossFunction):
             noise = self.sample_noise(noise_shape, dist.dtype, dist.device)
             if noise.shape != noise_shape:
                 raise ValueError(f"sample_noise returned shape {tuple(noise.shape)}, expected {noise_shape}.")
-        losses, lca_pair, lca_triplet = _TripletLCAHinge.apply(dist, *triplets, self.margin, self.tau, noise, use_native)
+        margin, tau = self.margin, self.tau
+        losses, lca_pair, lca_triplet = _TripletLCAHinge.apply(dist, *triplets, margin, tau, noise, use_native)
         return losses, lca_pair == lca_triplet
 
     def sample_noise(self, shape, dtype, device):

@@ -42,7 +42,8 @@ def counter_uniform(key, shape, dtype=torch.float32, device="cpu", first_row=0):
     :math:`s_r = \operatorname{SplitMix64}(\text{key} + (r + 1)\gamma)` (output :math:`r` of the SplitMix64 generator of
     Steele, Lea, Flood, OOPSLA 2014), split into 32-bit halves :math:`(l_r, h_r)`; element :math:`p` is
 
-    .. math:: x = \mu\big(\mu(l_r + p\,\gamma_{32}) \oplus h_r\big), \qquad U = (\lfloor x / 2^9 \rfloor + \tfrac12)\,2^{-23}
+    .. math:: x = \mu\big(\mu(l_r + p\,\gamma_{32}) \oplus h_r\big), \qquad
+              U = (\lfloor x / 2^9 \rfloor + \tfrac12)\,2^{-23}
 
     with :math:`\mu` the 32-bit "lowbias32" mixer (a bijection) and arithmetic modulo :math:`2^{32}`: 23 random bits
     per value, in :math:`[2^{-24}, 1 - 2^{-24}]` (never 0 or 1, exact in float32). The native HIER kernel draws the
@@ -65,8 +66,8 @@ def counter_uniform(key, shape, dtype=torch.float32, device="cpu", first_row=0):
     step = max(1, _BLOCK // max(cols, 1))
     p = torch.arange(cols, dtype=torch.int32, device=device).mul_(_int32(_GAMMA32))
     for start in range(0, len(rows), step):
-        index = torch.arange(first_row + start, first_row + min(start + step, len(rows)), dtype=torch.int64, device=device)
-        seeds = _splitmix64(key, index)
+        end = min(start + step, len(rows))
+        seeds = _splitmix64(key, torch.arange(first_row + start, first_row + end, dtype=torch.int64, device=device))
         lo, hi = seeds.to(torch.int32), _shift_right(seeds, 32).to(torch.int32)  # the low and high 32 bits
         x = _mix32(_mix32(lo[:, None] + p).bitwise_xor_(hi[:, None]))
         rows[start : start + len(seeds)] = (x >> 9).bitwise_and_(0x7FFFFF).to(dtype).add_(0.5).mul_(2.0**-23)

@@ -410,7 +410,7 @@ def test_bad_inputs_raise_clear_errors():
         loss(z, torch.arange(10), (torch.tensor([0]), torch.tensor([1, 2]), torch.tensor([3])))
     # the core on a user's distance block
     block, idx = torch.rand(5, 4), torch.tensor([0, 1])
-    with pytest.raises(ValueError, match="candidates"):
+    with pytest.raises(ValueError, match="2-D"):
         loss.triplet_lca_losses(block[:, :0], idx, idx, idx)
     with pytest.raises(ValueError, match="finite"):
         loss.triplet_lca_losses(torch.where(block > 0.5, float("inf"), block), idx, idx, idx)
