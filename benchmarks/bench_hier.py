@@ -6,12 +6,14 @@ ToPoincare(riemannian=True), 512 hierarchical proxies, topk = 20, 50 triplets pe
 Baseline, run in the same process: "official-style", the formulas of hier/losses.py re-implemented in this file for
 measurement only (not the official code): the (B+P)×(B+P)×D Möbius-addition distance tensor, a Python loop over
 anchors with numpy sampling, and F.gumbel_softmax with plain autograd. It needs ~7 GB at D = 512 (skip it with
---no-official). HIERLoss is timed with the official Gumbel LCAs and with lca="argmax" (no noise to draw).
+--no-official). HIERLoss is timed with the official Gumbel LCAs, with lca="argmax" (no noise to draw) and, on CPU,
+with the Gumbel LCAs in its torch implementation instead of the C kernel (the fallback without a compiler).
 
     python benchmarks/bench_hier.py [--dims 512 128] [--no-official] [--threads 2] [--device cuda]
 """
 
 import math
+from unittest import mock
 
 import numpy as np
 import torch
@@ -20,6 +22,7 @@ from bench_utils import device_parser, peak_memory_mb, print_table, time_ms
 
 from pml_hyperbolic.layers import ToPoincare
 from pml_hyperbolic.losses import HIERLoss
+from pml_hyperbolic.utils import native
 
 B, P, C, CLIP, TOPK, T_PER_ANCHOR = 180, 512, 0.1, 2.3, 20, 50
 
@@ -84,6 +87,16 @@ class OfficialStyleHIER(torch.nn.Module):
         return data + proxy
 
 
+def without_kernel(step):
+    """``step`` with HIERLoss's torch implementation of the LCA pass (what runs where the C kernel cannot be built)."""
+
+    def no_kernel_step():
+        with mock.patch.object(native, "hier_lca", lambda: None):
+            step()
+
+    return no_kernel_step
+
+
 def main():
     parser = device_parser()
     parser.add_argument("--dims", type=int, nargs="+", default=[512, 128])
@@ -112,6 +125,8 @@ def main():
             "HIERLoss (official Gumbel LCAs)": run(HIERLoss(dim, **kwargs).to(device)),
             'HIERLoss lca="argmax"': run(HIERLoss(dim, lca="argmax", **kwargs).to(device)),
         }
+        if device.type == "cpu" and native.hier_lca() is not None:
+            ours["HIERLoss, Gumbel, without the C kernel"] = without_kernel(run(HIERLoss(dim, **kwargs)))
         counts = HIERLoss(dim, collect_stats=True, **kwargs).to(device)
         counts(head(features), labels)
         print(
