@@ -260,6 +260,9 @@ class HIERLoss(WeightMixin, BaseMetricLossFunction):
             noise = self.sample_noise(noise_shape, dist.dtype, dist.device)
             if noise.shape != noise_shape:
                 raise ValueError(f"sample_noise returned shape {tuple(noise.shape)}, expected {noise_shape}.")
+            noise = noise.to(dist.device, dist.dtype)
+            if not self._default_noise() and not bool(((noise > 0) & (noise < 1)).all()):
+                raise ValueError(f"sample_noise must return uniforms in the open interval (0, 1) (in {dist.dtype}).")
         margin, tau = self.margin, self.tau
         losses, lca_pair, lca_triplet = _TripletLCAHinge.apply(dist, *triplets, margin, tau, noise, use_native)
         return losses, lca_pair == lca_triplet
@@ -316,7 +319,7 @@ class _TripletLCAHinge(torch.autograd.Function):
             scaled = dist * (1 / tau)
             if use_native:
                 key = noise if isinstance(noise, int) else 0
-                uniforms = None if isinstance(noise, int) else noise.to("cpu", torch.float32).contiguous()
+                uniforms = None if isinstance(noise, int) else noise.contiguous()
                 a, b = native.lca_forward(scaled.contiguous(), i.contiguous(), j.contiguous(), k.contiguous(),
                                           uniforms, key)
                 ctx.native, ctx.soft = (uniforms, key), None

@@ -419,6 +419,11 @@ def test_bad_inputs_raise_clear_errors():
     loss.sample_noise = lambda shape, dtype, device: torch.rand(2, 3, 4)
     with pytest.raises(ValueError, match="sample_noise returned shape"):
         loss.triplet_lca_losses(block, idx, idx, idx)
+    for bad in (0.0, 1.0, 1 - 2.0**-30):  # the last one rounds to 1 in float32
+        loss.sample_noise = lambda shape, dtype, device: torch.full(shape, 0.5, dtype=torch.float64).index_fill_(
+            2, torch.tensor([1]), bad)
+        with pytest.raises(ValueError, match="open interval"):
+            loss.triplet_lca_losses(block, idx, idx, idx)
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
