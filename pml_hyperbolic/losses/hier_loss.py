@@ -252,16 +252,17 @@ class HIERLoss(WeightMixin, BaseMetricLossFunction):
             and native.hier_lca() is not None
         )
         noise_shape = (2, len(triplets[0]), dist.shape[1])
+        injected = not self._default_noise()
         if self.lca == "argmax":
             noise = None
-        elif dist.device.type == "cpu" and self._default_noise():
+        elif dist.device.type == "cpu" and not injected:
             noise = self._noise_key()  # counter_uniform(key, noise_shape), computed where it is used
         else:
             noise = self.sample_noise(noise_shape, dist.dtype, dist.device)
             if noise.shape != noise_shape:
                 raise ValueError(f"sample_noise returned shape {tuple(noise.shape)}, expected {noise_shape}.")
             noise = noise.to(dist.device, dist.dtype)
-            if not self._default_noise() and not bool(((noise > 0) & (noise < 1)).all()):
+            if injected and not bool(((noise > 0) & (noise < 1)).all()):
                 raise ValueError(f"sample_noise must return uniforms in the open interval (0, 1) (in {dist.dtype}).")
         margin, tau = self.margin, self.tau
         losses, lca_pair, lca_triplet = _TripletLCAHinge.apply(dist, *triplets, margin, tau, noise, use_native)

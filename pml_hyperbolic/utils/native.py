@@ -100,7 +100,7 @@ def _check(code):
 
 def lca_forward(scaled, i, j, k, noise, key):
     """LCAs (pair, triplet) of each triplet; ``scaled`` (R×P float32), ``noise`` (2×T×P uniforms) or None (key)."""
-    lib, (r, p), t = hier_lca(), scaled.shape, len(i)
+    lib, p, t = hier_lca(), scaled.shape[1], len(i)
     lca1, lca2 = torch.empty(t, dtype=torch.int64), torch.empty(t, dtype=torch.int64)
     _check(lib.hier_lca_forward(_ptr(scaled, _F32), p, _ptr(i, _I64), _ptr(j, _I64), _ptr(k, _I64), t,
                                 _ptr(noise, _F32), key, _ptr(lca1, _I64), _ptr(lca2, _I64), torch.get_num_threads()))
