@@ -91,7 +91,7 @@ def without_kernel(step):
     """``step`` with HIERLoss's torch implementation of the LCA pass (what runs where the C kernel cannot be built)."""
 
     def no_kernel_step():
-        with mock.patch.object(native, "hier_lca", lambda: None):
+        with mock.patch.object(native, "library", lambda: None):
             step()
 
     return no_kernel_step
@@ -125,7 +125,7 @@ def main():
             "HIERLoss (official Gumbel LCAs)": run(HIERLoss(dim, **kwargs).to(device)),
             'HIERLoss lca="argmax"': run(HIERLoss(dim, lca="argmax", **kwargs).to(device)),
         }
-        if device.type == "cpu" and native.hier_lca() is not None:
+        if device.type == "cpu" and native.library() is not None:
             ours["HIERLoss, Gumbel, without the C kernel"] = without_kernel(run(HIERLoss(dim, **kwargs)))
         counts = HIERLoss(dim, collect_stats=True, **kwargs).to(device)
         counts(head(features), labels)

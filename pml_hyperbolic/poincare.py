@@ -35,6 +35,7 @@ __all__ = [
     "max_norm",
     "project",
     "riemannian_gradient",
+    "tangent_to_ball",
 ]
 
 # Relative distance to the boundary kept by `project`, per dtype. float32 and float64 can go very close because the
@@ -118,6 +119,20 @@ def expmap0(u, c, dim=-1):
     # tanh(t)/t, continuous at t = 0 where it equals 1.
     factor = torch.where(scaled < 1e-4, 1 - scaled**2 / 3, torch.tanh(scaled) / scaled)
     return project(u * factor, c, dim=dim)
+
+
+def tangent_to_ball(u, c, clip_r=None, dim=-1):
+    r"""Clip, :func:`expmap0` and :func:`project` as one scale per row: :math:`u\,\rho/(\sqrt c\,\|u\|)` with
+    :math:`\rho = \min(\tanh(\sqrt c\,\min(\|u\|, r)),\ 1 - \epsilon)` (``clip_r`` = r, None: no clipping).
+
+    The map of :class:`~pml_hyperbolic.layers.ToPoincare` in a handful of ops instead of about twenty (equal up to
+    rounding); :class:`~pml_hyperbolic.losses.HyperbolicSoftTripleLoss` maps its proxies with it."""
+    sqrt_c = c.to(u).sqrt() if isinstance(c, torch.Tensor) else math.sqrt(c)
+    norm = u.norm(dim=dim, keepdim=True).clamp_min(torch.finfo(u.dtype).tiny)
+    r = norm if clip_r is None else norm.clamp(max=clip_r)
+    # tanh rounds to 1 for large arguments: keep the projection's margin to the boundary.
+    rho = torch.tanh(sqrt_c * r).clamp(max=(1 - boundary_eps(u.dtype)) * (1 - 8 * torch.finfo(u.dtype).eps))
+    return u * (rho / (sqrt_c * norm))
 
 
 def logmap0(x, c, dim=-1):

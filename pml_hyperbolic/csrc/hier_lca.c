@@ -14,14 +14,17 @@
    The backward recomputes y from s and U instead of storing it. With hinge weights e = (e_i, e_j, e_k) of triplet t
    and C = e_i s_i + e_j s_j - e_k s_k: dL/dm1 = y1 (<y1, C> - C), dL/dm2 = y2 (C - <y2, C>), routed through the
    maxima (to s_k where s_k > max(s_i, s_j), else into m1; to s_i where s_i > s_j, else to s_j), plus the direct
-   path +-e at the selected columns. Rows are split over threads; each thread accumulates into its own gradient. */
+   path +-e at the selected columns. Rows are split over threads; each thread accumulates into its own gradient.
 
-#include <pthread.h>
+   The forward also evaluates the hinges on the unscaled block D (row stride ld), as the torch implementation does:
+   h = (D_ia - D_ib, D_ja - D_jb, D_kb - D_ka) + margin (a = lca1, b = lca2), active = h > 0 and a != b, and
+   loss = the sum of the active h. */
+
 #include <stdint.h>
 #include <stdlib.h>
 #include <string.h>
 
-#define MAX_THREADS 256
+#include "parallel.h"
 
 static inline uint32_t bits_of(float f) { uint32_t u; memcpy(&u, &f, 4); return u; }
 static inline float float_of(uint32_t u) { float f; memcpy(&f, &u, 4); return f; }
@@ -91,6 +94,10 @@ typedef struct {
     const float *noise; /* 2 x T x P uniforms, or NULL: the stream of key */
     uint64_t key;
     int64_t *lca1, *lca2;        /* forward outputs */
+    const float *dist;           /* forward: the unscaled block, row stride ld */
+    int64_t ld;
+    float margin;
+    float *losses, *active;      /* forward outputs: T and 3 x T (1 or 0) */
     const float *e;              /* backward: 3 x T hinge weights */
     float *grad;                 /* backward: R x P */
     int64_t begin, end;
@@ -150,7 +157,17 @@ static void *forward_rows(void *arg) {
         sample_row(job, 0, t, m1, y, 0);
         job->lca1[t] = first_argmin(y, P);
         sample_row(job, 1, t, m2, y, 0);
-        job->lca2[t] = first_argmin(y, P);
+        const int64_t a = job->lca1[t], b = job->lca2[t] = first_argmin(y, P);
+        const float *di = job->dist + job->i[t] * job->ld, *dj = job->dist + job->j[t] * job->ld;
+        const float *dk = job->dist + job->k[t] * job->ld;
+        const float h[3] = {di[a] - di[b] + job->margin, dj[a] - dj[b] + job->margin, dk[b] - dk[a] + job->margin};
+        float loss = 0.0f;
+        for (int n = 0; n < 3; n++) {
+            const int on = h[n] > 0.0f && a != b;
+            job->active[n * job->T + t] = (float)on;
+            loss += on ? h[n] : 0.0f;
+        }
+        job->losses[t] = loss;
     }
     free(buf);
     return NULL;
@@ -195,29 +212,9 @@ static void *backward_rows(void *arg) {
     return NULL;
 }
 
-/* Runs fn over rows [0, T) split into n_threads jobs; job 0 on the calling thread. Returns 0 on success. */
-static int run_jobs(void *(*fn)(void *), job_t *jobs, int n_threads) {
-    pthread_t threads[MAX_THREADS];
-    int started[MAX_THREADS] = {0}, failed = 0;
-    for (int n = 1; n < n_threads; n++) started[n] = pthread_create(&threads[n], NULL, fn, &jobs[n]) == 0;
-    for (int n = 1; n < n_threads; n++)
-        if (!started[n]) failed |= fn(&jobs[n]) != NULL; /* no thread available: run it here */
-    failed |= fn(&jobs[0]) != NULL;
-    for (int n = 1; n < n_threads; n++) {
-        void *result = NULL;
-        if (started[n]) pthread_join(threads[n], &result);
-        failed |= result != NULL;
-    }
-    return failed;
-}
-
-/* Threads for T rows of P candidates: at most one per MIN_WORK elements (a thread start costs more than small rows). */
-#define MIN_WORK (1 << 16)
-
+/* Rows [0, T) split over the threads that T x P elements (about 30 operations each) justify. */
 static int split(job_t *jobs, const job_t *proto, int n_threads) {
-    if (n_threads > proto->T * proto->P / MIN_WORK) n_threads = (int)(proto->T * proto->P / MIN_WORK);
-    if (n_threads < 1) n_threads = 1;
-    if (n_threads > MAX_THREADS) n_threads = MAX_THREADS;
+    n_threads = threads_for(30.0 * proto->T * proto->P, n_threads);
     for (int n = 0; n < n_threads; n++) {
         jobs[n] = *proto;
         jobs[n].begin = proto->T * n / n_threads;
@@ -227,16 +224,20 @@ static int split(job_t *jobs, const job_t *proto, int n_threads) {
 }
 
 int hier_lca_forward(const float *s, int64_t P, const int64_t *i, const int64_t *j, const int64_t *k, int64_t T,
-                     const float *noise, uint64_t key, int64_t *lca1, int64_t *lca2, int n_threads) {
-    job_t proto = {s, P, i, j, k, T, noise, key, lca1, lca2, NULL, NULL, 0, 0}, jobs[MAX_THREADS];
-    return run_jobs(forward_rows, jobs, split(jobs, &proto, n_threads));
+                     const float *noise, uint64_t key, int64_t *lca1, int64_t *lca2, const float *dist, int64_t ld,
+                     float margin, float *losses, float *active, int n_threads) {
+    job_t proto = {s, P, i, j, k, T, noise, key, lca1, lca2, dist, ld, margin, losses, active, NULL, NULL, 0, 0};
+    job_t jobs[MAX_THREADS];
+    return run_jobs(forward_rows, jobs, sizeof(job_t), split(jobs, &proto, n_threads));
 }
 
 /* grad (R x P) must be zero-filled; it receives dL/dD for the distance block D = tau s (see the header). */
 int hier_lca_backward(const float *s, int64_t R, int64_t P, const int64_t *i, const int64_t *j, const int64_t *k,
                       int64_t T, const float *noise, uint64_t key, const int64_t *lca1, const int64_t *lca2,
                       const float *e, float *grad, int n_threads) {
-    job_t proto = {s, P, i, j, k, T, noise, key, (int64_t *)lca1, (int64_t *)lca2, e, grad, 0, 0}, jobs[MAX_THREADS];
+    job_t proto = {s, P, i, j, k, T, noise, key, (int64_t *)lca1, (int64_t *)lca2, NULL, 0, 0.0f, NULL, NULL, e, grad,
+                   0, 0};
+    job_t jobs[MAX_THREADS];
     n_threads = split(jobs, &proto, n_threads);
     float *private_grads = NULL;
     if (n_threads > 1) {
@@ -244,7 +245,7 @@ int hier_lca_backward(const float *s, int64_t R, int64_t P, const int64_t *i, co
         if (!private_grads) n_threads = split(jobs, &proto, 1);
     }
     for (int n = 1; n < n_threads; n++) jobs[n].grad = private_grads + (size_t)(n - 1) * R * P;
-    int failed = run_jobs(backward_rows, jobs, n_threads);
+    int failed = run_jobs(backward_rows, jobs, sizeof(job_t), n_threads);
     for (int n = 1; n < n_threads; n++)
         for (int64_t x = 0; x < R * P; x++) grad[x] += jobs[n].grad[x];
     free(private_grads);

@@ -9,7 +9,7 @@ from pytorch_metric_learning.utils import loss_and_miner_utils as lmu
 from ..distances import PoincareDistance
 from ..layers import ToPoincare
 from ..miners import ReciprocalTripletMiner
-from ..utils.checks import check_curvature, check_embeddings
+from ..utils.checks import check_curvature, check_embeddings, check_in_ball
 from ..utils import native
 from ..utils.random import counter_uniform
 
@@ -55,9 +55,12 @@ class HIERLoss(WeightMixin, BaseMetricLossFunction):
     * The (B+P)×(B+P) distance matrix comes from one call of the matrix-product kernel (the official code builds a
       (B+P)×(B+P)×D tensor) and is symmetrised, (D + Dᵀ)/2, so that the tie between a pair's own members is exact.
       Both terms go through one LCA pass with a hand-written backward, and the sampling is vectorised. On CPU in
-      float32 the LCA pass runs in a fused C kernel (:mod:`pml_hyperbolic.utils.native`, built at first use; it
-      recomputes the soft samples in the backward instead of storing them); elsewhere, or without a C compiler, in
-      torch ops, in row chunks (the soft samples are kept, 2·T·P floats). Both give the same results.
+      float32 the small-batch step runs in C kernels (:mod:`pml_hyperbolic.utils.native`, built at first use): the
+      distance matrix from exact differences (exactly symmetric; when it is at most
+      ``native.PDIST_MAX_WORK`` multiply-adds and ``distance`` is a plain ``PoincareDistance``), the mining, and the
+      LCA pass with its hinges (it recomputes the soft samples in the backward instead of storing them). Elsewhere,
+      or without a C compiler, torch ops compute the same triplets and LCAs, the LCA pass in row chunks (the soft
+      samples are kept, 2·T·P floats).
     * Gumbel noise on CPU: the counter-based stream :func:`~pml_hyperbolic.utils.random.counter_uniform` of one key
       drawn from ``generator`` per forward (the kernel computes it in place); on other devices ``torch.rand``.
     * Robustness: the official code crashes or samples wrong indices for batch ≤ topk or anchors with a single
@@ -185,10 +188,9 @@ class HIERLoss(WeightMixin, BaseMetricLossFunction):
         self.cast_types(torch.promote_types(embeddings.dtype, torch.float32), embeddings.device)
         proxies = self.get_proxies()
         n = len(embeddings)
-        # One (N+P)×(N+P) distance matrix (one matrix product) holds every block the loss needs; symmetrised so that
-        # the tie between a pair's own members is exact.
-        dist = self.distance(torch.cat([embeddings.to(proxies.dtype), proxies]))
-        dist = (dist + dist.t()) / 2
+        # One symmetric (N+P)×(N+P) distance matrix holds every block the loss needs (symmetric, so that the tie
+        # between a pair's own members is exact).
+        dist = self._distance_matrix(torch.cat([embeddings.to(proxies.dtype), proxies]))
         if indices_tuple is None:
             data_triplets = self.miner.mine_similarity(-dist[:n, :n].detach(), labels)
         else:
@@ -197,7 +199,10 @@ class HIERLoss(WeightMixin, BaseMetricLossFunction):
         # Both terms in one pass over the rows [embeddings; proxies] × proxies: proxy triplets are offset by n.
         t = len(data_triplets[0])
         triplets = [torch.cat([d, p + n]) for d, p in zip(data_triplets, proxy_triplets)]
-        losses, collided = self.triplet_lca_losses(dist[:, n:], *triplets)
+        if t + len(proxy_triplets[0]) == 0:
+            losses, collided = dist.new_zeros(0), torch.zeros(0, dtype=torch.bool, device=dist.device)
+        else:  # valid by construction: finite points in the ball, mined or checked triplets
+            losses, collided = self._lca_losses(dist[:, n:], *triplets)
         data_losses, proxy_losses = losses[:t], losses[t:]
         data_collided, proxy_collided = collided[:t], collided[t:]
         if self.collect_stats:
@@ -208,6 +213,17 @@ class HIERLoss(WeightMixin, BaseMetricLossFunction):
             "data_loss": self._term(data_losses, data_collided, data_triplets),
             "proxy_loss": self._term(proxy_losses, proxy_collided, proxy_triplets),
         }
+
+    def _distance_matrix(self, points):
+        """d(points_a, points_b), symmetric: the native kernel for small float32 CPU sets with the default distance
+        (exact differences; no matrix product to cancel), else the distance's matrix, symmetrised."""
+        d = self.distance
+        if type(d) is PoincareDistance and d.power == 1 and not d.normalize_embeddings and native.use_pdist(points):
+            if d.check_inputs:
+                check_in_ball(points, self.c, "embeddings")
+            return native.pdist(points, self.c)
+        dist = d(points)
+        return (dist + dist.t()) / 2
 
     def _term(self, losses, collided, triplets):
         if self.reduction == "non_collided":
@@ -247,9 +263,13 @@ class HIERLoss(WeightMixin, BaseMetricLossFunction):
         stacked = torch.stack(triplets)
         if bool((stacked.min() < 0) | (stacked.max() >= dist.shape[0])):
             raise ValueError(f"Triplet indices must lie in [0, {dist.shape[0]}) (rows of the distance block).")
+        return self._lca_losses(dist, *triplets)
+
+    def _lca_losses(self, dist, *triplets):
+        """:meth:`triplet_lca_losses` for inputs known to be valid (finite block, non-empty in-range triplets)."""
         use_native = (
             self.lca == "gumbel" and dist.device.type == "cpu" and dist.dtype == torch.float32
-            and native.hier_lca() is not None
+            and native.library() is not None
         )
         noise_shape = (2, len(triplets[0]), dist.shape[1])
         injected = not self._default_noise()
@@ -321,15 +341,15 @@ class _TripletLCAHinge(torch.autograd.Function):
             if use_native:
                 key = noise if isinstance(noise, int) else 0
                 uniforms = None if isinstance(noise, int) else noise.contiguous()
-                a, b = native.lca_forward(scaled.contiguous(), i.contiguous(), j.contiguous(), k.contiguous(),
-                                          uniforms, key)
+                i, j, k = i.contiguous(), j.contiguous(), k.contiguous()
+                a, b, losses, active = native.lca_forward(scaled.contiguous(), i, j, k, uniforms, key, dist, margin)
                 ctx.native, ctx.soft = (uniforms, key), None
             else:
                 a, b, ctx.soft, ctx.step = _select_chunks(scaled, i, j, k, noise)
                 ctx.native = None
-            hinge = torch.stack([dist[i, a] - dist[i, b], dist[j, a] - dist[j, b], dist[k, b] - dist[k, a]])
-            active = (hinge.add_(margin) > 0) & (a != b)
-            losses = hinge.clamp_min_(0).mul_(active).sum(0)
+                hinge = torch.stack([dist[i, a] - dist[i, b], dist[j, a] - dist[j, b], dist[k, b] - dist[k, a]])
+                active = (hinge.add_(margin) > 0) & (a != b)
+                losses = hinge.clamp_min_(0).mul_(active).sum(0)
         ctx.save_for_backward(scaled, i, j, k, a, b, active)
         ctx.mark_non_differentiable(a, b)
         return losses, a, b
@@ -338,11 +358,10 @@ class _TripletLCAHinge(torch.autograd.Function):
     def backward(ctx, grad, _grad_pair, _grad_triplet):
         scaled, i, j, k, a, b, active = ctx.saved_tensors
         with torch.autocast(device_type=scaled.device.type, enabled=False):
-            e = active.to(scaled.dtype).mul_(grad.to(scaled.dtype))  # weights of the 3 hinges of each triplet
+            e = active.to(scaled.dtype) * grad.to(scaled.dtype)  # weights of the 3 hinges of each triplet
             if ctx.native is not None:
                 uniforms, key = ctx.native
-                grad_dist = native.lca_backward(scaled.contiguous(), i.contiguous(), j.contiguous(), k.contiguous(),
-                                                uniforms, key, a, b, e.to(torch.float32).contiguous())
+                grad_dist = native.lca_backward(scaled.contiguous(), i, j, k, uniforms, key, a, b, e.contiguous())
                 return grad_dist.to(scaled.dtype), None, None, None, None, None, None, None
             grad_dist = torch.zeros_like(scaled)
             # direct path: +-e at the selected LCAs (the values of the hard samples)

@@ -107,7 +107,7 @@ class HyperbolicSoftTripleLoss(WeightRegularizerMixin, BaseMetricLossFunction):
 
             self.manifold = geoopt.PoincareBall(c=c)
             with torch.no_grad():
-                self.proxies = geoopt.ManifoldParameter(_tangent_to_ball(tangent, c, clip_r), manifold=self.manifold)
+                self.proxies = geoopt.ManifoldParameter(poincare.tangent_to_ball(tangent, c, clip_r), manifold=self.manifold)
         else:
             self.proxies = torch.nn.Parameter(tangent)
 
@@ -146,7 +146,7 @@ class HyperbolicSoftTripleLoss(WeightRegularizerMixin, BaseMetricLossFunction):
         u = self.proxies if dtype is None else self.proxies.to(dtype)
         if self.manifold_proxies:
             return poincare.project(u, self.c)
-        return _tangent_to_ball(u, self.c, self.clip_r)
+        return poincare.tangent_to_ball(u, self.c, self.clip_r)
 
     def cast_types(self, dtype, device):
         """pml's per-call hook: move the proxy parameter to ``device`` and return the ball proxies in ``dtype``.
@@ -261,18 +261,6 @@ class _RelaxedSimilarity(torch.autograd.Function):
 def _work_dtype(embeddings):
     """float64 embeddings are computed in float64, everything else (float32, half types) in float32."""
     return torch.float64 if embeddings.dtype == torch.float64 else torch.float32
-
-
-def _tangent_to_ball(u, c, clip_r):
-    r"""``ToPoincare``'s clip → expmap0 → project as one scale per row: :math:`p = u\,\rho/(\sqrt c\,\|u\|)` with
-    :math:`\rho = \min(\tanh(\sqrt c\,\min(\|u\|, r)),\ \sqrt c\,r_{max})`. One pass over the C·K×D proxies
-    instead of six (3.5× faster at SOP scale)."""
-    sqrt_c = c.to(u).sqrt() if isinstance(c, torch.Tensor) else math.sqrt(c)
-    norm = u.norm(dim=1, keepdim=True).clamp_min(torch.finfo(u.dtype).tiny)
-    r = norm if clip_r is None else norm.clamp(max=clip_r)
-    # tanh rounds to 1 for large arguments: keep the projection's margin to the boundary.
-    rho = torch.tanh(sqrt_c * r).clamp(max=(1 - poincare.boundary_eps(u.dtype)) * (1 - 8 * torch.finfo(u.dtype).eps))
-    return u * (rho / (sqrt_c * norm))
 
 
 def _check_hyperparameters(num_classes, embedding_size, centers_per_class, la, gamma, margin, clip_r):

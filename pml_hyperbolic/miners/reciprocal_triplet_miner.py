@@ -2,6 +2,7 @@ import torch
 from pytorch_metric_learning.miners import BaseMiner
 
 from ..distances import PoincareDistance
+from ..utils import native
 from ..utils.checks import check_embeddings
 
 
@@ -17,11 +18,14 @@ class ReciprocalTripletMiner(BaseMiner):
     Every anchor with :math:`|\text{pos}(i)| \ge 2` and a non-empty :math:`\text{neg}(i)` gets ``triplets_per_anchor``
     triplets :math:`(i, j, k)`, with :math:`j` and :math:`k` drawn uniformly with replacement from pos(i) and neg(i)
     (negatives include one-way neighbours, as in the official code). The output is grouped by anchor, in index order.
+    Each draw takes one uniform :math:`u`: member :math:`\lfloor u\,|\text{set}|\rfloor` of the set in index order. The
+    uniforms are drawn for every point, shape (N, 2, ``triplets_per_anchor``), one ``torch.rand`` call per mining.
 
     The label bonus of the official code ranks same-label points above all others; it is applied here as a strict
-    priority (same label first, then by similarity), which is the same ranking without the ties of ``exp`` underflow;
-    the point itself always counts as one of its ``topk``. When ``topk`` is at least the number of points, every pair
-    is mutual and no anchor has a negative: nothing is mined.
+    priority (same label first, then by similarity, ties to the lower index), which is the same ranking without the
+    ties of ``exp`` underflow; the point itself always counts as one of its ``topk``. When ``topk`` is at least the
+    number of points, every pair is mutual and no anchor has a negative: nothing is mined. On CPU in float32 the
+    mining runs in a C kernel (:mod:`pml_hyperbolic.utils.native`); elsewhere in torch ops, with the same results.
 
     Differences from the official code (``hier/losses.py::get_reciprocal_triplets``): fully vectorised (no Python loop
     over anchors, one host sync per call), no crash or wrong indices for small batches (the official code needs
@@ -97,29 +101,47 @@ class ReciprocalTripletMiner(BaseMiner):
         if labels is not None and (labels.ndim != 1 or len(labels) != n):
             raise ValueError(f"labels must have shape ({n},) like the similarity matrix, got {tuple(labels.shape)}.")
         with torch.no_grad():
-            # Strict priority: the point itself, then same-label points, then the rest, each by similarity. In float64
-            # the float32 similarities plus the offsets keep their exact order.
-            key = sim.detach().to(torch.float64, copy=True)
-            span = (key.max() - key.min()).clamp_min(1) * 2
-            if not bool(torch.isfinite(span)):
+            sim = sim.detach()
+            if not bool(torch.isfinite(sim).all()):
                 raise ValueError("The similarity matrix contains NaN or inf values: check the embeddings.")
-            if labels is not None:
-                key = key + span * (labels.unsqueeze(1) == labels.unsqueeze(0))
-            key.diagonal().add_(2 * span)
-            knn = torch.zeros(n, n, dtype=torch.bool, device=device)
-            knn.scatter_(1, key.topk(min(self.topk, n), dim=1).indices, True)
-            pos = knn & knn.t()
-            pos.fill_diagonal_(False)
-            neg = ~pos
-            if self.exclude_self_negative:
-                neg.fill_diagonal_(False)
-            anchors = ((pos.sum(1) >= 2) & neg.any(1)).nonzero().squeeze(1)
-            if self.collect_stats:
-                self.num_anchors = len(anchors)
-            t, g = self.triplets_per_anchor, self.get_generator(device)
-            if len(anchors) == 0:
-                empty = torch.empty(0, dtype=torch.long, device=device)
-                return empty, empty.clone(), empty.clone()
-            positives = torch.multinomial(pos[anchors].float(), t, replacement=True, generator=g)
-            negatives = torch.multinomial(neg[anchors].float(), t, replacement=True, generator=g)
+            t = self.triplets_per_anchor
+            uniforms = torch.rand((n, 2, t), generator=self.get_generator(device), device=device)
+            if device.type == "cpu" and sim.dtype == torch.float32 and native.library() is not None:
+                args = (self.topk, t, self.exclude_self_negative, uniforms)
+                anchors, positives, negatives = native.reciprocal_triplets(sim, labels, *args)
+            else:
+                anchors, positives, negatives = self._triplets(sim, labels, uniforms)
+        if self.collect_stats:
+            self.num_anchors = len(anchors) // t
+        return anchors, positives, negatives
+
+    def _triplets(self, sim, labels, uniforms):
+        """The mining rule in torch ops (the native kernel computes the same triplets)."""
+        n, device, t = sim.shape[0], sim.device, self.triplets_per_anchor
+        # Rank by priority (the point itself 2, same label 1, others 0), then similarity, then index: two stable sorts.
+        order = sim.argsort(dim=1, descending=True, stable=True)
+        priority = torch.zeros(n, n, dtype=torch.int8, device=device)
+        if labels is not None:
+            priority = (labels.unsqueeze(1) == labels.unsqueeze(0)).to(torch.int8)
+        priority.fill_diagonal_(2)
+        order = order.gather(1, priority.gather(1, order).argsort(dim=1, descending=True, stable=True))
+        knn = torch.zeros(n, n, dtype=torch.bool, device=device)
+        knn.scatter_(1, order[:, : self.topk], True)
+        pos = knn & knn.t()
+        pos.fill_diagonal_(False)
+        neg = ~pos
+        if self.exclude_self_negative:
+            neg.fill_diagonal_(False)
+        n_pos, n_neg = pos.sum(1), neg.sum(1)
+        anchors = ((n_pos >= 2) & (n_neg >= 1)).nonzero().squeeze(1)
+        u = uniforms[anchors]
+
+        def sample(mask, counts, u):
+            """Member floor(u |set|) of each anchor's set, in index order: the first column where the running count
+            of the set reaches it."""
+            counts = counts[anchors].unsqueeze(1)
+            rank = (u * counts).long().minimum(counts - 1)
+            return torch.searchsorted(mask[anchors].cumsum(1), rank + 1)
+
+        positives, negatives = sample(pos, n_pos, u[:, 0]), sample(neg, n_neg, u[:, 1])
         return anchors.repeat_interleave(t), positives.flatten(), negatives.flatten()

@@ -1,12 +1,18 @@
-"""Optional native kernel for HIER's LCA selection, compiled at first use with the system C compiler.
+"""Optional native kernels for HIER's small-batch step on CPU (float32), compiled at first use with the C compiler.
 
-``pml_hyperbolic/csrc/hier_lca.c`` fuses what ``HIERLoss`` does per triplet and candidate (maxima, Gumbel noise,
-softmax, argmax, straight-through backward) into one pass per row, on all torch CPU threads; it is several times
-faster than the same computation in torch ops. It is built once per machine into a cache folder
+``pml_hyperbolic/csrc/`` holds three kernels, each replacing a sequence of small torch ops that costs more in
+per-op overhead than in arithmetic at HIER's sizes:
+
+* ``hier_lca.c``: the LCA selection (maxima, Gumbel noise, softmax, argmax, straight-through backward) per triplet;
+* ``poincare_pdist.c``: the distance matrix of a few hundred points and its backward (:func:`pdist`);
+* ``reciprocal_mining.c``: the mutual-nearest-neighbour triplets (:func:`reciprocal_triplets`).
+
+They run on all torch CPU threads where the work pays for it. They are built once per machine into a cache folder
 (``$PML_HYPERBOLIC_CACHE``, else ``$XDG_CACHE_HOME/pml_hyperbolic`` or ``~/.cache/pml_hyperbolic``) with ``$CC``
 (default ``cc``), and loaded with ctypes: no build step at install time, no torch headers. Without a working compiler,
-or with ``PML_HYPERBOLIC_NATIVE=0``, :func:`hier_lca` returns None (with a warning in the first case) and the losses
-use their torch implementation, which gives the same results.
+or with ``PML_HYPERBOLIC_NATIVE=0``, :func:`library` returns None (with a warning in the first case) and the callers
+use their torch implementations: the same results for the LCA pass and the mining, the same distances up to float32
+rounding (both are accurate to about 1e-6 relative).
 """
 
 import ctypes
@@ -21,10 +27,12 @@ from pathlib import Path
 
 import torch
 
-_SOURCE = Path(__file__).resolve().parent.parent / "csrc" / "hier_lca.c"
+_CSRC = Path(__file__).resolve().parent.parent / "csrc"
 # Reassociation lets the compiler vectorise the row reductions; nothing here needs errno, traps or signed zeros.
 _FLAGS = ["-O3", "-std=c99", "-fPIC", "-shared", "-pthread", "-fno-math-errno", "-fno-trapping-math",
           "-fno-signed-zeros", "-fassociative-math", "-ffinite-math-only"]
+# pdist is used up to this many multiply-adds (R^2 D / 2); above it the matrix-product kernel is faster.
+PDIST_MAX_WORK = 1 << 23
 _I64, _F32 = ctypes.POINTER(ctypes.c_int64), ctypes.POINTER(ctypes.c_float)
 
 
@@ -44,17 +52,19 @@ def _cpu_signature():
 
 
 def _build(compiler):
-    """Compile the kernel (with -march=native if the compiler takes it) into the cache; returns the library path."""
+    """Compile the kernels (with -march=native if the compiler takes it) into the cache; returns the library path."""
     errors = []
+    sources = sorted(_CSRC.glob("*.c"))
+    code = [path.read_bytes() for path in sorted(_CSRC.glob("*.[ch]"))]
     for flags in (_FLAGS + ["-march=native"], _FLAGS):
-        tag = hashlib.sha256(repr((_SOURCE.read_bytes(), compiler, flags, _cpu_signature())).encode()).hexdigest()
-        target = _cache_dir() / f"hier_lca_{tag[:16]}.so"
+        tag = hashlib.sha256(repr((code, compiler, flags, _cpu_signature())).encode()).hexdigest()
+        target = _cache_dir() / f"kernels_{tag[:16]}.so"
         if target.exists():
             return target
         target.parent.mkdir(parents=True, exist_ok=True)
         fd, tmp = tempfile.mkstemp(suffix=".so", dir=target.parent)
         os.close(fd)
-        result = subprocess.run([compiler, *flags, str(_SOURCE), "-o", tmp], capture_output=True, text=True)
+        result = subprocess.run([compiler, *flags, *map(str, sources), "-o", tmp, "-lm"], capture_output=True, text=True)
         if result.returncode == 0:
             os.replace(tmp, target)  # atomic: concurrent processes may build the same file
             return target
@@ -64,7 +74,7 @@ def _build(compiler):
 
 
 @functools.lru_cache(maxsize=None)
-def hier_lca():
+def library():
     """The loaded kernel library (ctypes), or None if disabled or it cannot be built."""
     if os.environ.get("PML_HYPERBOLIC_NATIVE", "1") == "0":
         return None
@@ -73,7 +83,7 @@ def hier_lca():
         lib = ctypes.CDLL(str(_build(compiler)))
     except (OSError, RuntimeError, subprocess.SubprocessError) as error:
         warnings.warn(
-            f"pml_hyperbolic: could not build the native HIER kernel with {compiler!r} ({error}). HIERLoss falls back "
+            f"pml_hyperbolic: could not build the native HIER kernels with {compiler!r} ({error}). HIERLoss falls back "
             "to its torch implementation (same results, several times slower on CPU). Install a C compiler (e.g. "
             "gcc), or set CC, or set PML_HYPERBOLIC_NATIVE=0 to silence this.",
             RuntimeWarning,
@@ -81,10 +91,16 @@ def hier_lca():
         )
         return None
     lib.hier_lca_forward.argtypes = [_F32, ctypes.c_int64, _I64, _I64, _I64, ctypes.c_int64, _F32, ctypes.c_uint64,
-                                     _I64, _I64, ctypes.c_int]
+                                     _I64, _I64, _F32, ctypes.c_int64, ctypes.c_float, _F32, _F32, ctypes.c_int]
     lib.hier_lca_backward.argtypes = [_F32, ctypes.c_int64, ctypes.c_int64, _I64, _I64, _I64, ctypes.c_int64, _F32,
                                       ctypes.c_uint64, _I64, _I64, _F32, _F32, ctypes.c_int]
-    for fn in (lib.hier_lca_forward, lib.hier_lca_backward):
+    lib.poincare_pdist_forward.argtypes = [_F32, ctypes.c_int64, ctypes.c_int64, ctypes.c_double, _F32, ctypes.c_int]
+    lib.poincare_pdist_backward.argtypes = [_F32, ctypes.c_int64, ctypes.c_int64, ctypes.c_double, _F32, _F32,
+                                            ctypes.c_int]
+    lib.reciprocal_triplets.argtypes = [_F32, ctypes.c_int64, _I64, ctypes.c_int64, ctypes.c_int64, ctypes.c_int, _F32,
+                                        _I64, _I64, _I64]
+    lib.reciprocal_triplets.restype = ctypes.c_int64
+    for fn in (lib.hier_lca_forward, lib.hier_lca_backward, lib.poincare_pdist_forward, lib.poincare_pdist_backward):
         fn.restype = ctypes.c_int
     return lib
 
@@ -95,23 +111,77 @@ def _ptr(t, kind):
 
 def _check(code):
     if code != 0:
-        raise MemoryError("The native HIER kernel could not allocate its row buffers.")
+        raise MemoryError("A native HIER kernel could not allocate its buffers.")
 
 
-def lca_forward(scaled, i, j, k, noise, key):
-    """LCAs (pair, triplet) of each triplet; ``scaled`` (R×P float32), ``noise`` (2×T×P uniforms) or None (key)."""
-    lib, p, t = hier_lca(), scaled.shape[1], len(i)
+def lca_forward(scaled, i, j, k, noise, key, dist, margin):
+    """(lca_pair, lca_triplet, losses, active) of each triplet: ``scaled`` (R×P float32, the block / tau), ``noise``
+    (2×T×P uniforms) or None (then the stream of ``key``), ``dist`` the unscaled block (R×P float32, rows may be
+    strided) for the hinges with ``margin``; ``active`` (3×T, 1 or 0) marks the hinges that count."""
+    lib, p, t = library(), scaled.shape[1], len(i)
+    if dist.stride(1) != 1:
+        dist = dist.contiguous()
     lca1, lca2 = torch.empty(t, dtype=torch.int64), torch.empty(t, dtype=torch.int64)
+    losses, active = torch.empty(t, dtype=torch.float32), torch.empty(3, t, dtype=torch.float32)
     _check(lib.hier_lca_forward(_ptr(scaled, _F32), p, _ptr(i, _I64), _ptr(j, _I64), _ptr(k, _I64), t,
-                                _ptr(noise, _F32), key, _ptr(lca1, _I64), _ptr(lca2, _I64), torch.get_num_threads()))
-    return lca1, lca2
+                                _ptr(noise, _F32), key, _ptr(lca1, _I64), _ptr(lca2, _I64), _ptr(dist, _F32),
+                                dist.stride(0), margin, _ptr(losses, _F32), _ptr(active, _F32),
+                                torch.get_num_threads()))
+    return lca1, lca2, losses, active
 
 
 def lca_backward(scaled, i, j, k, noise, key, lca1, lca2, e):
     """dL/dD (R×P) for hinge weights ``e`` (3×T float32); the same arguments as :func:`lca_forward`."""
-    lib, (r, p), t = hier_lca(), scaled.shape, len(i)
+    lib, (r, p), t = library(), scaled.shape, len(i)
     grad = torch.zeros(r, p, dtype=torch.float32)
     _check(lib.hier_lca_backward(_ptr(scaled, _F32), r, p, _ptr(i, _I64), _ptr(j, _I64), _ptr(k, _I64), t,
                                  _ptr(noise, _F32), key, _ptr(lca1, _I64), _ptr(lca2, _I64), _ptr(e, _F32),
                                  _ptr(grad, _F32), torch.get_num_threads()))
     return grad
+
+
+def use_pdist(x):
+    """Whether :func:`pdist` applies to ``x``: CPU float32, the kernel available, and at most PDIST_MAX_WORK."""
+    work = x.shape[0] ** 2 * x.shape[1] / 2
+    return x.device.type == "cpu" and x.dtype == torch.float32 and work <= PDIST_MAX_WORK and library() is not None
+
+
+class _PoincarePdist(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, x, c):
+        out = torch.empty(len(x), len(x), dtype=torch.float32)
+        _check(library().poincare_pdist_forward(_ptr(x, _F32), *x.shape, c, _ptr(out, _F32), torch.get_num_threads()))
+        ctx.save_for_backward(x)
+        ctx.c = c
+        return out
+
+    @staticmethod
+    @torch.autograd.function.once_differentiable
+    def backward(ctx, grad):
+        (x,) = ctx.saved_tensors
+        grad = grad.to(torch.float32).contiguous()
+        grad_x = torch.empty_like(x)
+        _check(library().poincare_pdist_backward(_ptr(x, _F32), *x.shape, ctx.c, _ptr(grad, _F32), _ptr(grad_x, _F32),
+                                                 torch.get_num_threads()))
+        return grad_x, None
+
+
+def pdist(x, c):
+    r"""Symmetric matrix of Poincaré distances :math:`d_c(x_i, x_j)` of the rows of ``x`` (R×D float32 CPU ball
+    points, curvature ``c`` a float), differentiable in ``x``: the native counterpart of ``poincare.cdist(x, x, c)``
+    for small sets (see ``csrc/poincare_pdist.c``; :func:`use_pdist` says when it applies)."""
+    return _PoincarePdist.apply(x.contiguous(), float(c))
+
+
+def reciprocal_triplets(sim, labels, topk, triplets_per_anchor, exclude_self_negative, uniforms):
+    """(anchors, positives, negatives) of ``ReciprocalTripletMiner``'s rule on the float32 CPU similarity ``sim``
+    (n×n), ``labels`` (n,) or None, and ``uniforms`` (n×2×triplets_per_anchor float32 in [0, 1))."""
+    n, t = sim.shape[0], triplets_per_anchor
+    sim, uniforms = sim.contiguous(), uniforms.contiguous()
+    labels = None if labels is None else labels.to(torch.int64).contiguous()
+    out = torch.empty(3, n * t, dtype=torch.int64)
+    found = library().reciprocal_triplets(_ptr(sim, _F32), n, _ptr(labels, _I64), topk, t, int(exclude_self_negative),
+                                          _ptr(uniforms, _F32), *(_ptr(row, _I64) for row in out))
+    if found < 0:
+        _check(1)
+    return tuple(row[: found * t] for row in out)

@@ -1,4 +1,4 @@
-"""The native HIER kernel against HIERLoss's torch implementation, and its build fallback."""
+"""The native HIER kernels against their torch implementations and float64 references, and the build fallback."""
 
 import os
 import shutil
@@ -6,7 +6,9 @@ import shutil
 import pytest
 import torch
 
+from pml_hyperbolic import poincare
 from pml_hyperbolic.losses import HIERLoss
+from pml_hyperbolic.miners import ReciprocalTripletMiner
 from pml_hyperbolic.utils import native
 from pml_hyperbolic.utils.random import counter_uniform
 
@@ -33,12 +35,12 @@ def lca_run(loss, dist, triplets, weights):
 @pytest.fixture
 def torch_only(monkeypatch):
     """Make HIERLoss use its torch implementation."""
-    monkeypatch.setattr(native, "hier_lca", lambda: None)
+    monkeypatch.setattr(native, "library", lambda: None)
 
 
 @needs_compiler
 def test_kernel_builds():
-    assert native.hier_lca() is not None
+    assert native.library() is not None
 
 
 @needs_compiler
@@ -50,7 +52,7 @@ def test_kernel_matches_torch_implementation_with_injected_noise(seed, monkeypat
     loss = HIERLoss(4, num_proxies=32, topk=5)
     loss.sample_noise = lambda shape, dtype, device: u.to(dtype)
     got = lca_run(loss, dist, triplets, weights)
-    monkeypatch.setattr(native, "hier_lca", lambda: None)
+    monkeypatch.setattr(native, "library", lambda: None)
     want = lca_run(loss, dist, triplets, weights)
     assert torch.equal(got[1], want[1]) and 0 < want[1].sum() < len(want[1])
     torch.testing.assert_close(got[0], want[0], rtol=1e-5, atol=1e-5)
@@ -64,7 +66,7 @@ def test_kernel_draws_the_counter_stream_of_the_same_key(monkeypatch):
     dist, triplets = block(2)
     weights = torch.rand(len(triplets[0]), generator=torch.Generator().manual_seed(3))
     got = lca_run(HIERLoss(4, num_proxies=32, topk=5, generator=7), dist, triplets, weights)
-    monkeypatch.setattr(native, "hier_lca", lambda: None)
+    monkeypatch.setattr(native, "library", lambda: None)
     want = lca_run(HIERLoss(4, num_proxies=32, topk=5, generator=7), dist, triplets, weights)
     assert torch.equal(got[1], want[1])
     torch.testing.assert_close(got[0], want[0], rtol=1e-5, atol=1e-5)
@@ -94,7 +96,7 @@ def test_full_loss_same_with_and_without_kernel_and_any_thread_count(monkeypatch
     before = torch.get_num_threads()
     try:
         one, two = run(1), run(2)
-        monkeypatch.setattr(native, "hier_lca", lambda: None)
+        monkeypatch.setattr(native, "library", lambda: None)
         eager = run(2)
     finally:
         torch.set_num_threads(before)
@@ -109,34 +111,113 @@ def test_fallback_without_compiler_warns_and_hier_still_works(monkeypatch, tmp_p
     monkeypatch.setenv("CC", str(tmp_path / "no-such-compiler"))
     monkeypatch.setenv("PML_HYPERBOLIC_CACHE", str(tmp_path / "cache"))
     monkeypatch.delenv("PML_HYPERBOLIC_NATIVE", raising=False)
-    native.hier_lca.cache_clear()
+    native.library.cache_clear()
     try:
-        with pytest.warns(RuntimeWarning, match="could not build the native HIER kernel"):
-            assert native.hier_lca() is None
+        with pytest.warns(RuntimeWarning, match="could not build the native HIER kernels"):
+            assert native.library() is None
         dist, triplets = block(4, t=200)
         losses, _, grad = lca_run(HIERLoss(4, num_proxies=32, topk=5, generator=0), dist, triplets, 1.0)
         assert torch.isfinite(losses).all() and grad.abs().max() > 0
-        native.hier_lca.cache_clear()
+        native.library.cache_clear()
         monkeypatch.setenv("PML_HYPERBOLIC_NATIVE", "0")
-        assert native.hier_lca() is None  # disabled: no build attempt, no warning
+        assert native.library() is None  # disabled: no build attempt, no warning
     finally:
-        native.hier_lca.cache_clear()
+        native.library.cache_clear()
 
 
 @needs_compiler
 def test_build_is_cached(monkeypatch, tmp_path):
     monkeypatch.setenv("PML_HYPERBOLIC_CACHE", str(tmp_path))
-    native.hier_lca.cache_clear()
+    native.library.cache_clear()
     try:
-        assert native.hier_lca() is not None
-        built = sorted(tmp_path.glob("hier_lca_*.so"))
+        assert native.library() is not None
+        built = sorted(tmp_path.glob("kernels_*.so"))
         assert len(built) == 1 and not list(tmp_path.glob("*.tmp*"))
-        native.hier_lca.cache_clear()
+        native.library.cache_clear()
 
         def no_compiling(*args, **kwargs):
             raise AssertionError("compiled again")
 
         monkeypatch.setattr(native.subprocess, "run", no_compiling)  # the cached build is loaded
-        assert native.hier_lca() is not None
+        assert native.library() is not None
     finally:
-        native.hier_lca.cache_clear()
+        native.library.cache_clear()
+
+
+# ------------------------------------------------------------------------------------ distance matrix and mining kernels
+def adversarial_points(seed, dim=24):
+    """Ball points (c = 0.1) in float32: interior, near the boundary, duplicates, close pairs and the origin."""
+    g = torch.Generator().manual_seed(seed)
+    v = torch.nn.functional.normalize(torch.randn(60, dim, generator=g, dtype=torch.float64), dim=1)
+    radius = torch.cat([torch.rand(40, generator=g, dtype=torch.float64) * 0.9, 1 - 10.0 ** -torch.arange(1, 21)])
+    x = v * radius.unsqueeze(1) * 0.1**-0.5
+    x[5] = x[3]  # identical
+    x[7] = x[3] + 1e-4 * v[0]  # close pairs in the interior and at the boundary
+    x[45] = x[44] * (1 - 1e-6)
+    x[8] = 0  # the origin
+    return poincare.project(x.float(), 0.1)
+
+
+@needs_compiler
+@pytest.mark.parametrize("seed", [0, 1])
+def test_pdist_matches_float64_reference(seed):
+    x = adversarial_points(seed).requires_grad_()
+    d = native.pdist(x, 0.1)
+    x64 = x.detach().double().requires_grad_()
+    ref = poincare.dist(x64.unsqueeze(1), x64.unsqueeze(0), 0.1)
+    assert torch.equal(d, d.t()) and (d.diagonal() == 0).all() and d[3, 5] == 0
+    close = ref > 0
+    assert ((d.double() - ref).abs()[close] / ref[close]).max() < 1e-5
+    grad = torch.randn(d.shape, generator=torch.Generator().manual_seed(seed), dtype=torch.float64)
+    (d * grad.float()).sum().backward()
+    (ref * grad).sum().backward()
+    assert torch.isfinite(x.grad).all()
+    err = (x.grad.double() - x64.grad).norm(dim=1) / x64.grad.norm(dim=1).clamp_min(1e-12)
+    assert err.max() < 1e-4
+
+
+@needs_compiler
+def test_pdist_threads_agree_and_large_sets_use_the_matrix_product_kernel(monkeypatch):
+    g = torch.Generator().manual_seed(2)
+    x = poincare.expmap0(torch.randn(420, 48, generator=g), 0.1).requires_grad_()  # several threads' worth of work
+    grad = torch.randn(420, 420, generator=g)
+    before = torch.get_num_threads()
+    out = []
+    try:
+        for threads in (1, 2):
+            torch.set_num_threads(threads)
+            x.grad = None
+            d = native.pdist(x, 0.1)
+            (d * grad).sum().backward()
+            out.append((d, x.grad))
+    finally:
+        torch.set_num_threads(before)
+    assert torch.equal(out[0][0], out[1][0])
+    torch.testing.assert_close(out[0][1], out[1][1], rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(out[0][0], poincare.cdist(x, x, 0.1).detach(), rtol=1e-5, atol=1e-5)
+    assert native.use_pdist(torch.zeros(200, 64)) and not native.use_pdist(torch.zeros(700, 512))
+    assert not native.use_pdist(torch.zeros(200, 64, dtype=torch.float64))
+
+
+@needs_compiler
+@pytest.mark.parametrize("seed", range(6))
+def test_native_mining_matches_the_torch_rule(seed):
+    """Same triplets from the kernel and the torch ops, with tied similarities, labels, any topk and both options."""
+    g = torch.Generator().manual_seed(seed)
+    n = int(torch.randint(3, 70, (1,), generator=g))
+    x = torch.randn(n, 3, generator=g)
+    x[::3] = x[0].clone()  # ties
+    sim = -torch.cdist(x, x)
+    sim = (sim + sim.t()) / 2
+    labels = torch.randint(0, 5, (n,), generator=g) if seed % 2 else None
+    mined = 0
+    for exclude_self in (True, False):
+        for topk in (3, 7, 100):
+            miner = ReciprocalTripletMiner(topk=topk, triplets_per_anchor=6, exclude_self_negative=exclude_self,
+                                           generator=seed)
+            got = miner.mine_similarity(sim, labels)
+            uniforms = torch.rand((n, 2, 6), generator=torch.Generator().manual_seed(seed))
+            want = miner._triplets(sim, labels, uniforms)
+            assert all(torch.equal(a, b) for a, b in zip(got, want))
+            mined += len(got[0])
+    assert mined > 0
