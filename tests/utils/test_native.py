@@ -221,3 +221,20 @@ def test_native_mining_matches_the_torch_rule(seed):
             assert all(torch.equal(a, b) for a, b in zip(got, want))
             mined += len(got[0])
     assert mined > 0
+
+
+def test_every_kernel_source_is_packaged():
+    """A wheel must ship every file the build compiles or includes (pyproject's package-data globs)."""
+    import fnmatch
+    import tomllib
+    from pathlib import Path
+
+    root = Path(native.__file__).resolve().parents[2]
+    pyproject = root / "pyproject.toml"
+    if not pyproject.exists():
+        pytest.skip("installed without the source tree")
+    globs = tomllib.loads(pyproject.read_text())["tool"]["setuptools"]["package-data"]["pml_hyperbolic"]
+    sources = [path.name for path in native._CSRC.iterdir() if path.suffix in (".c", ".h")]
+    assert {"parallel.h", "hier_lca.c", "poincare_pdist.c", "reciprocal_mining.c"} <= set(sources)
+    for name in sources:
+        assert any(fnmatch.fnmatch(f"csrc/{name}", pattern) for pattern in globs), name
