@@ -100,6 +100,8 @@ class ReciprocalTripletMiner(BaseMiner):
         n, device = sim.shape[0], sim.device
         if labels is not None and (labels.ndim != 1 or len(labels) != n):
             raise ValueError(f"labels must have shape ({n},) like the similarity matrix, got {tuple(labels.shape)}.")
+        if labels is not None and labels.device != device:
+            raise ValueError(f"labels are on {labels.device} but the similarities on {device}: move them to {device}.")
         with torch.no_grad():
             sim = sim.detach()
             if not bool(torch.isfinite(sim).all()):

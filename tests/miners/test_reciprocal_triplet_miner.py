@@ -146,6 +146,8 @@ def test_bad_inputs_raise_clear_errors():
         miner.mine_similarity(torch.zeros(3, 3), torch.arange(4))
     with pytest.raises(ValueError, match="NaN"):
         miner.mine_similarity(torch.full((3, 3), float("nan")))
+    with pytest.raises(ValueError, match="labels are on meta"):
+        miner.mine_similarity(torch.zeros(3, 3), torch.arange(3, device="meta"))
     x = ball_points(5, 4, seed=0)
     with pytest.raises(ValueError, match="ref_emb"):
         miner(x, torch.arange(5), x.clone(), torch.arange(5))
