@@ -120,6 +120,7 @@ static void *backward_rows(void *arg) {
         radial *= c * a[i];
         for (int64_t d = 0; d < D; d++) acc[d] = 0.0f;
         for (int64_t j = 0; j < R; j++) {
+            if (k[j] == 0.0f) continue; /* pairs without gradient (HIER: the data-data block) */
             const float kj = k[j], *restrict xj = job->x + j * D;
             for (int64_t d = 0; d < D; d++) acc[d] += kj * (xi[d] - xj[d]);
         }
