@@ -16,6 +16,11 @@
 #include <stdint.h>
 #include <stdlib.h>
 
+/* The ranking priority of j in row i: 2 for the point itself, 1 for a same-label point, 0 otherwise. */
+static inline int priority(int64_t i, int64_t j, const int64_t *labels) {
+    return j == i ? 2 : (labels && labels[i] == labels[j]);
+}
+
 /* knn (n x n, zeroed) gets 1 at the topk best j of each row. best: scratch of topk indices. */
 static void nearest(const float *sim, int64_t n, const int64_t *labels, int64_t topk, unsigned char *knn,
                     int64_t *best) {
@@ -25,14 +30,14 @@ static void nearest(const float *sim, int64_t n, const int64_t *labels, int64_t 
         int last_priority = 0; /* rank of best[count - 1] */
         float last_sim = 0.0f;
         for (int64_t j = 0; j < n; j++) {
-            const int pj = j == i ? 2 : (labels && labels[i] == labels[j]);
+            const int pj = priority(i, j, labels);
             /* most candidates rank below a full list's last entry: one comparison */
             if (count == topk && (pj < last_priority || (pj == last_priority && row[j] <= last_sim))) continue;
             /* position after every kept entry that ranks at least as high (equal ranks keep index order) */
             int64_t at = count;
             while (at > 0) {
                 const int64_t b = best[at - 1];
-                const int pb = b == i ? 2 : (labels && labels[i] == labels[b]);
+                const int pb = priority(i, b, labels);
                 if (pb > pj || (pb == pj && row[b] >= row[j])) break;
                 at--;
             }
@@ -40,7 +45,7 @@ static void nearest(const float *sim, int64_t n, const int64_t *labels, int64_t 
             for (int64_t m = count - 1; m > at; m--) best[m] = best[m - 1];
             best[at] = j;
             const int64_t b = best[count - 1];
-            last_priority = b == i ? 2 : (labels && labels[i] == labels[b]);
+            last_priority = priority(i, b, labels);
             last_sim = row[b];
         }
         for (int64_t m = 0; m < count; m++) knn[i * n + best[m]] = 1;

@@ -9,7 +9,7 @@ from pytorch_metric_learning.utils import loss_and_miner_utils as lmu
 from ..distances import PoincareDistance
 from ..layers import ToPoincare
 from ..miners import ReciprocalTripletMiner
-from ..utils.checks import check_curvature, check_embeddings, check_in_ball
+from ..utils.checks import check_curvature, check_embeddings
 from ..utils import native
 from ..utils.random import counter_uniform
 
@@ -199,10 +199,8 @@ class HIERLoss(WeightMixin, BaseMetricLossFunction):
         # Both terms in one pass over the rows [embeddings; proxies] × proxies: proxy triplets are offset by n.
         t = len(data_triplets[0])
         triplets = [torch.cat([d, p + n]) for d, p in zip(data_triplets, proxy_triplets)]
-        if t + len(proxy_triplets[0]) == 0:
-            losses, collided = dist.new_zeros(0), torch.zeros(0, dtype=torch.bool, device=dist.device)
-        else:  # valid by construction: finite points in the ball, mined or checked triplets
-            losses, collided = self._lca_losses(dist[:, n:], *triplets)
+        # valid by construction: finite points in the ball, mined or checked triplets
+        losses, collided = self._lca_losses(dist[:, n:], *triplets)
         data_losses, proxy_losses = losses[:t], losses[t:]
         data_collided, proxy_collided = collided[:t], collided[t:]
         if self.collect_stats:
@@ -219,8 +217,7 @@ class HIERLoss(WeightMixin, BaseMetricLossFunction):
         (exact differences; no matrix product to cancel), else the distance's matrix, symmetrised."""
         d = self.distance
         if type(d) is PoincareDistance and d.power == 1 and not d.normalize_embeddings and native.use_pdist(points):
-            if d.check_inputs:
-                check_in_ball(points, self.c, "embeddings")
+            d._check(points, points)  # the distance's own input check
             return native.pdist(points, self.c)
         dist = d(points)
         return (dist + dist.t()) / 2
@@ -257,16 +254,15 @@ class HIERLoss(WeightMixin, BaseMetricLossFunction):
         if not bool(torch.isfinite(dist).all()):
             raise ValueError("dist holds NaN or inf: the distances must be finite.")
         triplets = [t.to(device=dist.device, dtype=torch.long) for t in (anchors, positives, negatives)]
-        if len(triplets[0]) == 0:
-            empty = dist.new_zeros(0)
-            return empty, torch.zeros(0, dtype=torch.bool, device=dist.device)
         stacked = torch.stack(triplets)
-        if bool((stacked.min() < 0) | (stacked.max() >= dist.shape[0])):
+        if len(triplets[0]) and bool((stacked.min() < 0) | (stacked.max() >= dist.shape[0])):
             raise ValueError(f"Triplet indices must lie in [0, {dist.shape[0]}) (rows of the distance block).")
         return self._lca_losses(dist, *triplets)
 
     def _lca_losses(self, dist, *triplets):
-        """:meth:`triplet_lca_losses` for inputs known to be valid (finite block, non-empty in-range triplets)."""
+        """:meth:`triplet_lca_losses` for inputs known to be valid (finite block, in-range triplets)."""
+        if len(triplets[0]) == 0:
+            return dist.new_zeros(0), torch.zeros(0, dtype=torch.bool, device=dist.device)
         use_native = (
             self.lca == "gumbel" and dist.device.type == "cpu" and dist.dtype == torch.float32
             and native.library() is not None

@@ -159,7 +159,7 @@ class _PoincarePdist(torch.autograd.Function):
     @torch.autograd.function.once_differentiable
     def backward(ctx, grad):
         (x,) = ctx.saved_tensors
-        grad = grad.to(torch.float32).contiguous()
+        grad = grad.contiguous()
         grad_x = torch.empty_like(x)
         _check(library().poincare_pdist_backward(_ptr(x, _F32), *x.shape, ctx.c, _ptr(grad, _F32), _ptr(grad_x, _F32),
                                                  torch.get_num_threads()))
@@ -182,6 +182,5 @@ def reciprocal_triplets(sim, labels, topk, triplets_per_anchor, exclude_self_neg
     out = torch.empty(3, n * t, dtype=torch.int64)
     found = library().reciprocal_triplets(_ptr(sim, _F32), n, _ptr(labels, _I64), topk, t, int(exclude_self_negative),
                                           _ptr(uniforms, _F32), *(_ptr(row, _I64) for row in out))
-    if found < 0:
-        _check(1)
+    _check(found < 0)
     return tuple(row[: found * t] for row in out)
