@@ -23,6 +23,8 @@ import math
 
 import torch
 
+from .utils import native
+
 __all__ = [
     "boundary_eps",
     "clip_features",
@@ -307,6 +309,41 @@ class _PoincareCdist(torch.autograd.Function):
             return grad_x if need_x else None, grad_y if need_y else None, grad_c, None, None, None, None
 
 
+class _NativeCdist(torch.autograd.Function):
+    r""":class:`_PoincareCdist` for float32 CPU inputs and a constant curvature, with the element-wise passes in C
+    (``csrc/poincare_cdist.c``: norms, close-pair recomputation and :math:`\operatorname{asinh}` in double), around
+    one matrix product forward and two backward."""
+
+    @staticmethod
+    def forward(ctx, x, y, c):
+        need_grad = any(ctx.needs_input_grad[:2])
+        d, q, exact, a, b, n_exact = native.cdist_forward(x, y, c, _CANCELLATION_KAPPA[torch.float32], need_grad)
+        if need_grad:
+            pairs = exact.nonzero(as_tuple=True) if n_exact else None
+            ctx.save_for_backward(x, y, q, exact if n_exact else None, a, b)
+            ctx.c, ctx.pairs = c, pairs
+        return d
+
+    @staticmethod
+    @torch.autograd.function.once_differentiable
+    def backward(ctx, grad):
+        x, y, q, exact, a, b = ctx.saved_tensors
+        K, row_k, row_eq, col_ka, col_eq = native.cdist_backward(grad, q, exact, a, b, ctx.c)
+        a, b = a.float(), b.float()
+        if ctx.pairs is not None:  # close pairs: K_ij (x_i - y_j) from exact differences, not from the products
+            rows, cols = ctx.pairs
+            k_exact = K[rows, cols]
+            K[rows, cols] = 0
+        wx = 2 * ctx.c * a
+        grad_x = torch.addmm(x * (row_k + row_eq).unsqueeze(1), K, y, alpha=-1).mul_(wx.unsqueeze(1))
+        grad_y = torch.addmm(y * col_ka.addcmul_(b, col_eq).unsqueeze(1), K.t(), x * a.unsqueeze(1), alpha=-1)
+        grad_y.mul_(2 * ctx.c)
+        if ctx.pairs is not None:
+            w = wx[rows] * k_exact
+            _exact_pair_grads(x, y, rows, cols, w, w, grad_x, grad_y)
+        return grad_x, grad_y, None
+
+
 def _sq_norms(x, c64):
     """Row-wise ||x||^2, as float64: summed in x's dtype, and again in float64 for the rows near the boundary
     (c ||x||^2 > 0.9), where 1 - c ||x||^2 amplifies the rounding error more than tenfold."""
@@ -334,6 +371,10 @@ def cdist(x, y, c):
     if x.shape[0] == 0 or y.shape[0] == 0:
         return (x.sum(1, keepdim=True) + y.sum(1).unsqueeze(0)).to(out_dtype)  # empty N×M, attached to the graph
     work = _work_dtype(out_dtype)
+    constant_c = not (isinstance(c, torch.Tensor) and c.requires_grad and torch.is_grad_enabled())
+    if work == torch.float32 and constant_c and native.available(x):
+        with torch.autocast(device_type="cpu", enabled=False):
+            return _NativeCdist.apply(x.float(), y.float(), float(c)).to(out_dtype)
     with _full_precision(x.device):
         xw, yw = x.to(work), y.to(work)
         cw = _as_c(c, xw)

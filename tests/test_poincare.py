@@ -7,6 +7,7 @@ import pytest
 import torch
 
 from pml_hyperbolic import poincare
+from pml_hyperbolic.utils import native
 
 C = 0.1
 R = 1 / math.sqrt(C)  # ball radius
@@ -44,9 +45,19 @@ def near_pairs(n, dim, radius_frac, target_d, gen):
     return x, y
 
 
+@pytest.fixture(params=["native", "torch"])
+def path(request, monkeypatch):
+    """Float32 CPU cdist with a constant curvature runs in the C kernel; "torch" forces the torch kernel."""
+    if request.param == "native" and native.library() is None:
+        pytest.skip("no C compiler: the native kernels are not available")
+    if request.param == "torch":
+        monkeypatch.setattr(native, "available", lambda *tensors: False)
+    return request.param
+
+
 @pytest.mark.parametrize("dim", [2, 16, 128, 1024])
 @pytest.mark.parametrize("radius_frac", [0.0, 0.3, 0.62, 0.95, 0.999])
-def test_cdist_float32_relative_error_near_pairs(dim, radius_frac):
+def test_cdist_float32_relative_error_near_pairs(dim, radius_frac, path):
     gen = torch.Generator().manual_seed(dim)
     for target in [1e-3, 1e-2, 1e-1, 1.0]:
         x, y = near_pairs(48, dim, radius_frac, target, gen)
@@ -60,7 +71,7 @@ def test_cdist_float32_relative_error_near_pairs(dim, radius_frac):
 
 
 @pytest.mark.parametrize("radius_frac", [0.3, 0.999])
-def test_cdist_far_pairs_and_float64(radius_frac):
+def test_cdist_far_pairs_and_float64(radius_frac, path):
     gen = torch.Generator().manual_seed(1)
     x = sphere(40, 64, radius_frac, gen)
     y = torch.cat([-x[:20], sphere(30, 64, radius_frac, gen)])  # antipodal (largest distances) and random
@@ -79,7 +90,7 @@ def test_cdist_agrees_with_geoopt_in_the_interior():
     assert ((d.double() - ref).abs() / ref).max() <= 1e-5
 
 
-def test_self_distance_is_exactly_zero_with_zero_gradient():
+def test_self_distance_is_exactly_zero_with_zero_gradient(path):
     gen = torch.Generator().manual_seed(2)
     x = torch.cat([sphere(30, 32, 0.62, gen), sphere(30, 32, 0.999, gen), torch.zeros(1, 32, dtype=torch.float64)]).float()
     x = torch.cat([x, x[:5]])  # duplicated rows at other indices are identical points too
@@ -92,7 +103,7 @@ def test_self_distance_is_exactly_zero_with_zero_gradient():
     assert torch.equal(x.grad, torch.zeros_like(x))
 
 
-def test_masked_self_distance_does_not_poison_gradients():
+def test_masked_self_distance_does_not_poison_gradients(path):
     """The classic NaN trap: distances masked *after* computation (0 * inf = NaN)."""
     gen = torch.Generator().manual_seed(3)
     x = sphere(16, 8, 0.62, gen).float().requires_grad_(True)
@@ -107,19 +118,25 @@ def test_masked_self_distance_does_not_poison_gradients():
 
 
 @pytest.mark.parametrize("radius_frac", [0.5, 0.99])
-def test_cdist_gradients_match_float64_reference(radius_frac):
+@pytest.mark.parametrize("learnable_c", [True, False])
+def test_cdist_gradients_match_float64_reference(radius_frac, learnable_c, path):
+    """A learnable curvature takes the torch kernel; a constant one the C kernel (unless forced to torch)."""
     gen = torch.Generator().manual_seed(4)
     x = sphere(20, 16, radius_frac, gen)
-    # some rows of y are very close to rows of x (the exact-difference path), others random
+    # some rows of y are very close to rows of x (the exact-difference path), others random, one identical
     y = torch.cat([poincare.project(x[:8] + 1e-3 * torch.randn(8, 16, generator=gen, dtype=torch.float64), C), sphere(12, 16, 0.7, gen)])
+    y[9] = x[9]
     G = torch.randn(20, 20, generator=gen, dtype=torch.float64)
 
-    xs, ys, cs = x.float().requires_grad_(), y.float().requires_grad_(), torch.tensor(C, requires_grad=True)
+    xs, ys = x.float().requires_grad_(), y.float().requires_grad_()
+    cs = torch.tensor(C, requires_grad=True) if learnable_c else C
     (poincare.cdist(xs, ys, cs) * G.float()).sum().backward()
     xr, yr = xs.detach().double().requires_grad_(), ys.detach().double().requires_grad_()
     cr = torch.tensor(C, dtype=torch.float64, requires_grad=True)
-    (plain_dist64(xr, yr, cr) * G).sum().backward()
-    for got, ref in [(xs.grad, xr.grad), (ys.grad, yr.grad), (cs.grad, cr.grad)]:
+    d = plain_dist64(xr, yr, cr)
+    (torch.where(d > 0, d, 0) * G).sum().backward()  # d(x, x) = 0 passes no gradient
+    pairs = [(xs.grad, xr.grad), (ys.grad, yr.grad)] + ([(cs.grad, cr.grad)] if learnable_c else [])
+    for got, ref in pairs:
         assert ((got.double() - ref).norm() / ref.norm()) <= 1e-5
 
 
@@ -135,7 +152,7 @@ def test_gradcheck_float64_including_curvature():
     assert torch.autograd.gradcheck(lambda a, k: poincare.expmap0(a, k), (x, c))
 
 
-def test_second_backward_through_retained_graph():
+def test_second_backward_through_retained_graph(path):
     gen = torch.Generator().manual_seed(6)
     x = sphere(10, 8, 0.6, gen).float().requires_grad_()
     y = sphere(12, 8, 0.8, gen).float()

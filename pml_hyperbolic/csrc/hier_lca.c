@@ -24,10 +24,8 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "fastmath.h"
 #include "parallel.h"
-
-static inline uint32_t bits_of(float f) { uint32_t u; memcpy(&u, &f, 4); return u; }
-static inline float float_of(uint32_t u) { float f; memcpy(&f, &u, 4); return f; }
 
 /* The 64-bit seed of row r of the stream of key: output r of SplitMix64 (Steele, Lea, Flood 2014). */
 static inline uint64_t row_seed(uint64_t key, uint64_t r) {
@@ -51,39 +49,6 @@ static inline uint32_t mix32(uint32_t x) {
 static inline float uniform_at(uint32_t lo, uint32_t hi, uint32_t p) {
     uint32_t x = mix32(mix32(lo + p * 0x9E3779B9u) ^ hi);
     return ((float)(x >> 9) + 0.5f) * 0x1p-23f;
-}
-
-/* exp(x) for x <= 0 (0 below -87): x = n ln2 + r, |r| <= ln2 / 2, degree-7 polynomial (Cephes expf coefficients). */
-static inline float exp_nonpositive(float x) {
-    float keep = x >= -87.0f ? 1.0f : 0.0f;
-    x = x >= -87.0f ? x : -87.0f;
-    float n = (float)(int32_t)(x * 1.44269504088896341f - 0.5f);
-    float r = x - n * 0.693359375f + n * 2.12194440e-4f;
-    float p = 1.9875691500e-4f;
-    p = p * r + 1.3981999507e-3f;
-    p = p * r + 8.3334519073e-3f;
-    p = p * r + 4.1665795894e-2f;
-    p = p * r + 1.6666665459e-1f;
-    p = p * r + 5.0000001201e-1f;
-    p = p * r * r + r + 1.0f;
-    return p * float_of((uint32_t)((int32_t)n + 127) << 23) * keep;
-}
-
-/* log(u) for normal u > 0: u = 2^e m with m in [sqrt(1/2), sqrt(2)), log m = 2 atanh(x), x = (m - 1) / (m + 1),
-   |x| <= 0.172, by its series to x^9 (relative error < 3e-7). */
-static inline float log_positive(float u) {
-    uint32_t b = bits_of(u);
-    float e = (float)((int32_t)(b >> 23) - 127);
-    float m = float_of((b & 0x7FFFFFu) | 0x3F800000u);
-    int big = m > 1.41421356237f;
-    m = big ? 0.5f * m : m;
-    e = big ? e + 1.0f : e;
-    float x = (m - 1.0f) / (m + 1.0f), z = x * x;
-    float y = 2.0f / 9.0f;
-    y = y * z + 2.0f / 7.0f;
-    y = y * z + 2.0f / 5.0f;
-    y = y * z + 2.0f / 3.0f;
-    return x * (2.0f + z * y) + 0.693147180559945f * e;
 }
 
 typedef struct {

@@ -11,52 +11,66 @@
      min(floor(u[i][0][s] |pos(i)|), |pos(i)| - 1) of pos(i) in index order (float32 product), the negative likewise
      with u[i][1][s]; u is n x 2 x tpa uniforms in [0, 1).
 
-   Cost: n^2 topk comparisons at most (one insertion pass per row) plus n tpa samples. */
+   Cost: n^2 topk comparisons at most (one pass per row) plus n tpa samples. */
 
 #include <stdint.h>
 #include <stdlib.h>
+#include <string.h>
 
 /* The ranking priority of j in row i: 2 for the point itself, 1 for a same-label point, 0 otherwise. */
 static inline int priority(int64_t i, int64_t j, const int64_t *labels) {
     return j == i ? 2 : (labels && labels[i] == labels[j]);
 }
 
-/* knn (n x n, zeroed) gets 1 at the topk best j of each row. best: scratch of topk indices. */
+#define INDEX_BITS 30
+
+/* A key that orders j like the ranking of row i (larger = ranked higher): the priority, the similarity's bits mapped
+   to an unsigned order (-0 as +0), then the complement of j (ties to the lower index); needs j < 2^30. */
+static inline uint64_t rank_key(int priority, float s, int64_t j) {
+    uint32_t u;
+    memcpy(&u, &s, 4);
+    if ((u & 0x7FFFFFFFu) == 0) u = 0;
+    u ^= (u >> 31) ? 0xFFFFFFFFu : 0x80000000u;
+    return ((uint64_t)priority << 62) | ((uint64_t)u << INDEX_BITS) | (uint64_t)(((int64_t)1 << INDEX_BITS) - 1 - j);
+}
+
+/* knn (n x n, zeroed) gets 1 at the topk best j of each row: the set is kept unordered, a j that outranks its worst
+   member replaces it. keys: scratch of topk rank keys. */
 static void nearest(const float *sim, int64_t n, const int64_t *labels, int64_t topk, unsigned char *knn,
-                    int64_t *best) {
-    for (int64_t i = 0; i < n; i++) {
+                    uint64_t *keys) {
+    const uint64_t index_mask = ((uint64_t)1 << INDEX_BITS) - 1;
+    for (int64_t i = 0; i < n && topk > 0; i++) {
         const float *row = sim + i * n;
-        int64_t count = 0;
-        int last_priority = 0; /* rank of best[count - 1] */
-        float last_sim = 0.0f;
+        int64_t count = 0, w = 0;
         for (int64_t j = 0; j < n; j++) {
-            const int pj = priority(i, j, labels);
-            /* most candidates rank below a full list's last entry: one comparison */
-            if (count == topk && (pj < last_priority || (pj == last_priority && row[j] <= last_sim))) continue;
-            /* position after every kept entry that ranks at least as high (equal ranks keep index order) */
-            int64_t at = count;
-            while (at > 0) {
-                const int64_t b = best[at - 1];
-                const int pb = priority(i, b, labels);
-                if (pb > pj || (pb == pj && row[b] >= row[j])) break;
-                at--;
-            }
-            if (count < topk) count++;
-            for (int64_t m = count - 1; m > at; m--) best[m] = best[m - 1];
-            best[at] = j;
-            const int64_t b = best[count - 1];
-            last_priority = priority(i, b, labels);
-            last_sim = row[b];
+            const uint64_t key = rank_key(priority(i, j, labels), row[j], j);
+            if (count == topk && key < keys[w]) continue; /* the usual case once the set is full */
+            keys[count < topk ? count++ : w] = key;
+            if (count < topk) continue;
+            w = 0;
+            for (int64_t m = 1; m < topk; m++) w = keys[m] < keys[w] ? m : w;
         }
-        for (int64_t m = 0; m < count; m++) knn[i * n + best[m]] = 1;
+        for (int64_t m = 0; m < count; m++) knn[i * n + (int64_t)(index_mask - (keys[m] & index_mask))] = 1;
     }
 }
 
+/* Whether all m floats are finite, from their bits (the build's -ffinite-math-only lets isfinite() fold to true). */
+static int all_finite(const float *x, int64_t m) {
+    uint32_t bad = 0;
+    for (int64_t j = 0; j < m; j++) {
+        uint32_t bits;
+        memcpy(&bits, x + j, 4);
+        bad |= (bits & 0x7F800000u) == 0x7F800000u;
+    }
+    return !bad;
+}
+
 /* Returns the number of anchors (each gets tpa triplets in anchors/positives/negatives, which hold n tpa entries),
-   or -1 if out of memory. */
+   -1 if out of memory, or -2 if sim holds NaN or inf. */
 int64_t reciprocal_triplets(const float *sim, int64_t n, const int64_t *labels, int64_t topk, int64_t tpa,
                             int exclude_self, const float *u, int64_t *anchors, int64_t *positives,
                             int64_t *negatives) {
+    if (!all_finite(sim, n * n)) return -2;
     unsigned char *knn = calloc((size_t)(n * n > 0 ? n * n : 1), 1);
     int64_t *scratch = malloc(sizeof(int64_t) * (size_t)(2 * n + topk + 1));
     if (!knn || !scratch) {
@@ -64,8 +78,8 @@ int64_t reciprocal_triplets(const float *sim, int64_t n, const int64_t *labels, 
         free(scratch);
         return -1;
     }
-    int64_t *pos = scratch, *neg = scratch + n, *best = scratch + 2 * n;
-    nearest(sim, n, labels, topk, knn, best);
+    int64_t *pos = scratch, *neg = scratch + n;
+    nearest(sim, n, labels, topk, knn, (uint64_t *)(scratch + 2 * n));
     int64_t found = 0;
     for (int64_t i = 0; i < n; i++) {
         int64_t n_pos = 0, n_neg = 0;

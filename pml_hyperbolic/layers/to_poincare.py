@@ -11,7 +11,8 @@ class ToPoincare(torch.nn.Module):
               \qquad \exp_0(u) = \tanh(\sqrt c\|u\|)\,\frac{u}{\sqrt c\|u\|}
 
     With clipping, :math:`d_c(0, z) = 2\|u\| \le 2r` and :math:`\sqrt c\|z\| \le \tanh(\sqrt c\,r)` (0.62 for the
-    Hyp-ViT/HIER defaults c = 0.1, r = 2.3), so embeddings stay away from the boundary.
+    Hyp-ViT/HIER defaults c = 0.1, r = 2.3), so embeddings stay away from the boundary. Computed as one scale per row
+    by :func:`pml_hyperbolic.poincare.tangent_to_ball`.
 
     Args:
         c: curvature (> 0), a float or a tensor (pass an ``nn.Parameter`` to learn it; it is registered here).
@@ -34,10 +35,7 @@ class ToPoincare(torch.nn.Module):
         if isinstance(self.c, torch.Tensor):
             check_curvature(self.c)
         with torch.autocast(device_type=x.device.type, enabled=False):
-            x = x.to(torch.promote_types(x.dtype, torch.float32))
-            if self.clip_r is not None:
-                x = poincare.clip_features(x, self.clip_r)
-            z = poincare.expmap0(x, self.c)
+            z = poincare.tangent_to_ball(x.to(torch.promote_types(x.dtype, torch.float32)), self.c, self.clip_r)
             if self.riemannian:
                 z = poincare.riemannian_gradient(z, self.c)
         return z

@@ -185,12 +185,17 @@ class HIERLoss(WeightMixin, BaseMetricLossFunction):
         c_f.ref_not_supported(embeddings, labels, ref_emb, ref_labels)
         c_f.labels_or_indices_tuple_required(labels, indices_tuple)
         check_embeddings(embeddings, "embeddings", dim=self.embedding_size)
+        return self._loss_dict(embeddings, labels, indices_tuple)
+
+    def _loss_dict(self, embeddings, labels, indices_tuple, checked=False):
+        """:meth:`compute_loss` after its shape checks; ``checked``: the embeddings are known to be finite ball points
+        (CHESTLoss validates once for all its parts)."""
         self.cast_types(torch.promote_types(embeddings.dtype, torch.float32), embeddings.device)
         proxies = self.get_proxies()
         n = len(embeddings)
         # One symmetric (N+P)×(N+P) distance matrix holds every block the loss needs (symmetric, so that the tie
         # between a pair's own members is exact).
-        dist = self._distance_matrix(torch.cat([embeddings.to(proxies.dtype), proxies]))
+        dist = self._distance_matrix(torch.cat([embeddings.to(proxies.dtype), proxies]), checked)
         if indices_tuple is None:
             data_triplets = self.miner.mine_similarity(-dist[:n, :n].detach(), labels)
         else:
@@ -212,12 +217,13 @@ class HIERLoss(WeightMixin, BaseMetricLossFunction):
             "proxy_loss": self._term(proxy_losses, proxy_collided, proxy_triplets),
         }
 
-    def _distance_matrix(self, points):
+    def _distance_matrix(self, points, checked=False):
         """d(points_a, points_b), symmetric: the native kernel for small float32 CPU sets with the default distance
         (exact differences; no matrix product to cancel), else the distance's matrix, symmetrised."""
         d = self.distance
         if type(d) is PoincareDistance and d.power == 1 and not d.normalize_embeddings and native.use_pdist(points):
-            d._check(points, points)  # the distance's own input check
+            if not checked:
+                d._check(points, points)  # the distance's own input check
             return native.pdist(points, self.c)
         dist = d(points)
         return (dist + dist.t()) / 2

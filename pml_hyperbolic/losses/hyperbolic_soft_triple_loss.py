@@ -9,6 +9,7 @@ from pytorch_metric_learning.utils import loss_and_miner_utils as lmu
 
 from .. import poincare
 from ..distances import PoincareDistance
+from ..utils import native
 from ..utils.checks import check_curvature, check_embeddings, check_in_ball
 
 
@@ -168,6 +169,10 @@ class HyperbolicSoftTripleLoss(WeightRegularizerMixin, BaseMetricLossFunction):
         c_f.ref_not_supported(embeddings, labels, ref_emb, ref_labels)
         self._check_embeddings(embeddings)
         self._check_labels(labels)
+        return self._loss_dict(embeddings, labels, indices_tuple)
+
+    def _loss_dict(self, embeddings, labels, indices_tuple):
+        """:meth:`compute_loss` for validated inputs (CHESTLoss validates once for all its parts)."""
         dtype = _work_dtype(embeddings)
         proxies = self.cast_types(dtype, embeddings.device)
         sim = self._relaxed_similarity(embeddings, proxies)
@@ -189,9 +194,12 @@ class HyperbolicSoftTripleLoss(WeightRegularizerMixin, BaseMetricLossFunction):
         return loss_dict
 
     def _relaxed_similarity(self, embeddings, proxies):
-        mat = self.distance(embeddings, proxies).to(proxies.dtype)
+        # Proxy-major columns (k * C + j): the softmax over k then runs across contiguous classes.
+        k, d = self.centers_per_class, proxies.shape[1]
+        by_proxy = proxies.view(self.num_classes, k, d).transpose(0, 1).reshape(-1, d)
+        mat = self.distance(embeddings, by_proxy).to(proxies.dtype)
         sign = 1.0 if self.distance.is_inverted else -1.0  # similarity = sign * mat
-        return _RelaxedSimilarity.apply(mat.view(-1, self.num_classes, self.centers_per_class), sign, self.gamma)
+        return _RelaxedSimilarity.apply(mat.view(-1, k, self.num_classes), sign, self.gamma)
 
     def _centers_regularization(self, proxies):
         r"""Weighted :math:`d_c(p_j^t, p_j^s) = \frac{2}{\sqrt c}\operatorname{asinh}\frac{\sqrt c\,\|p_j^t - p_j^s\|}
@@ -232,19 +240,24 @@ class HyperbolicSoftTripleLoss(WeightRegularizerMixin, BaseMetricLossFunction):
 
 
 class _RelaxedSimilarity(torch.autograd.Function):
-    r"""Relaxed class similarity from the (B, C, K) matrix ``m`` of distances (``sign`` = -1) or similarities (+1):
+    r"""Relaxed class similarity from the (B, K, C) matrix ``m`` of distances (``sign`` = -1) or similarities (+1):
     :math:`S = \sum_k p_k s_k` with :math:`s = \sigma m`, :math:`p = \operatorname{softmax}_k(s/\gamma)`.
 
-    Backward in two passes over (B, C, K), from
+    Backward in two passes over (B, K, C), from
     :math:`\partial S/\partial m_k = p_k\,(\sigma(1 - S/\gamma) + m_k/\gamma)` (autograd through the softmax and
-    the weighted sum takes about seven).
+    the weighted sum takes about seven). On the CPU in float32 both passes run in C
+    (``csrc/relaxed_similarity.c``, :mod:`pml_hyperbolic.utils.native`).
     """
 
     @staticmethod
     def forward(ctx, m, sign, gamma):
-        with torch.autocast(device_type=m.device.type, enabled=False):
-            p = torch.softmax(m * (sign / gamma), dim=2)
-            s = sign * torch.linalg.vecdot(p, m)
+        ctx.native = native.available(m)
+        if ctx.native:
+            s, p = native.relaxed_similarity_forward(m, sign, gamma)
+        else:
+            with torch.autocast(device_type=m.device.type, enabled=False):
+                p = torch.softmax(m * (sign / gamma), dim=1)
+                s = sign * torch.linalg.vecdot(p, m, dim=1)
         ctx.save_for_backward(m, p, s)
         ctx.sign, ctx.gamma = sign, gamma
         return s
@@ -253,8 +266,10 @@ class _RelaxedSimilarity(torch.autograd.Function):
     @torch.autograd.function.once_differentiable
     def backward(ctx, grad):
         m, p, s = ctx.saved_tensors
-        alpha = (ctx.sign * grad * (1 - s / ctx.gamma)).unsqueeze(2)
-        beta = (grad / ctx.gamma).unsqueeze(2)
+        if ctx.native:
+            return native.relaxed_similarity_backward(m, s, p, ctx.sign, ctx.gamma, grad), None, None
+        alpha = (ctx.sign * grad * (1 - s / ctx.gamma)).unsqueeze(1)
+        beta = (grad / ctx.gamma).unsqueeze(1)
         return torch.addcmul(alpha, m, beta).mul_(p), None, None
 
 

@@ -104,14 +104,14 @@ class ReciprocalTripletMiner(BaseMiner):
             raise ValueError(f"labels are on {labels.device} but the similarities on {device}: move them to {device}.")
         with torch.no_grad():
             sim = sim.detach()
-            if not bool(torch.isfinite(sim).all()):
-                raise ValueError("The similarity matrix contains NaN or inf values: check the embeddings.")
             t = self.triplets_per_anchor
             uniforms = torch.rand((n, 2, t), generator=self.get_generator(device), device=device)
-            if device.type == "cpu" and sim.dtype == torch.float32 and native.library() is not None:
+            if native.available(sim):  # the kernel checks that sim is finite
                 args = (self.topk, t, self.exclude_self_negative, uniforms)
                 anchors, positives, negatives = native.reciprocal_triplets(sim, labels, *args)
             else:
+                if not bool(torch.isfinite(sim).all()):
+                    raise ValueError(native.NON_FINITE_SIMILARITY)
                 anchors, positives, negatives = self._triplets(sim, labels, uniforms)
         if self.collect_stats:
             self.num_anchors = len(anchors) // t

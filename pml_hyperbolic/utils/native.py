@@ -1,18 +1,22 @@
-"""Optional native kernels for HIER's small-batch step on CPU (float32), compiled at first use with the C compiler.
+"""Optional native kernels for float32 on CPU, compiled at first use with the C compiler.
 
-``pml_hyperbolic/csrc/`` holds three kernels, each replacing a sequence of small torch ops that costs more in
-per-op overhead than in arithmetic at HIER's sizes:
+``pml_hyperbolic/csrc/`` holds five kernels, each replacing a sequence of small torch ops that costs more in per-op
+overhead than in arithmetic at training sizes:
 
-* ``hier_lca.c``: the LCA selection (maxima, Gumbel noise, softmax, argmax, straight-through backward) per triplet;
+* ``poincare_cdist.c``: the element-wise passes of :func:`pml_hyperbolic.poincare.cdist` around torch's matrix
+  products (norms, close-pair recomputation, asinh; the backward's weights and row/column sums);
+* ``relaxed_similarity.c``: ``HyperbolicSoftTripleLoss``'s softmax over each class's proxies and its backward;
+* ``hier_lca.c``: HIER's LCA selection (maxima, Gumbel noise, softmax, argmax, straight-through backward) per triplet;
 * ``poincare_pdist.c``: the distance matrix of a few hundred points and its backward (:func:`pdist`);
 * ``reciprocal_mining.c``: the mutual-nearest-neighbour triplets (:func:`reciprocal_triplets`).
 
-They run on all torch CPU threads where the work pays for it. They are built once per machine into a cache folder
+``fastmath.h`` (vectorisable exp, log, asinh), ``ball.h`` and ``parallel.h`` are shared by them. They run on all torch
+CPU threads where the work pays for it. They are built once per machine into a cache folder
 (``$PML_HYPERBOLIC_CACHE``, else ``$XDG_CACHE_HOME/pml_hyperbolic`` or ``~/.cache/pml_hyperbolic``) with ``$CC``
 (default ``cc``), and loaded with ctypes: no build step at install time, no torch headers. Without a working compiler,
 or with ``PML_HYPERBOLIC_NATIVE=0``, :func:`library` returns None (with a warning in the first case) and the callers
-use their torch implementations: the same results for the LCA pass and the mining, the same distances up to float32
-rounding (both are accurate to about 1e-6 relative).
+use their torch implementations: the same results for the LCA pass and the mining, the same values up to float32
+rounding elsewhere (both sides are accurate to about 1e-6 relative; the tests hold each kernel to its torch twin).
 """
 
 import ctypes
@@ -34,6 +38,7 @@ _FLAGS = ["-O3", "-std=c99", "-fPIC", "-shared", "-pthread", "-fno-math-errno", 
 # pdist is used up to this many multiply-adds (R^2 D / 2); above it the matrix-product kernel is faster.
 PDIST_MAX_WORK = 1 << 23
 _I64, _F32 = ctypes.POINTER(ctypes.c_int64), ctypes.POINTER(ctypes.c_float)
+_F64, _U8 = ctypes.POINTER(ctypes.c_double), ctypes.POINTER(ctypes.c_uint8)
 
 
 def _cache_dir():
@@ -83,9 +88,9 @@ def library():
         lib = ctypes.CDLL(str(_build(compiler)))
     except (OSError, RuntimeError, subprocess.SubprocessError) as error:
         warnings.warn(
-            f"pml_hyperbolic: could not build the native HIER kernels with {compiler!r} ({error}). HIERLoss falls back "
-            "to its torch implementation (same results, several times slower on CPU). Install a C compiler (e.g. "
-            "gcc), or set CC, or set PML_HYPERBOLIC_NATIVE=0 to silence this.",
+            f"pml_hyperbolic: could not build the native kernels with {compiler!r} ({error}). The losses and distances "
+            "fall back to their torch implementations (same results, several times slower on CPU). Install a C "
+            "compiler (e.g. gcc), or set CC, or set PML_HYPERBOLIC_NATIVE=0 to silence this.",
             RuntimeWarning,
             stacklevel=3,
         )
@@ -100,7 +105,17 @@ def library():
     lib.reciprocal_triplets.argtypes = [_F32, ctypes.c_int64, _I64, ctypes.c_int64, ctypes.c_int64, ctypes.c_int, _F32,
                                         _I64, _I64, _I64]
     lib.reciprocal_triplets.restype = ctypes.c_int64
-    for fn in (lib.hier_lca_forward, lib.hier_lca_backward, lib.poincare_pdist_forward, lib.poincare_pdist_backward):
+    lib.poincare_cdist_forward.argtypes = [_F32, _F32, _F32, ctypes.c_int64, ctypes.c_int64, ctypes.c_int64,
+                                           ctypes.c_double, ctypes.c_double, _F32, _F32, _U8, _F64, _F64, ctypes.c_int]
+    lib.poincare_cdist_forward.restype = ctypes.c_int64
+    lib.poincare_cdist_backward.argtypes = [_F32, _F32, _U8, _F64, _F64, ctypes.c_int64, ctypes.c_int64,
+                                            ctypes.c_double, _F32, _F32, _F32, _F32, _F32, ctypes.c_int]
+    lib.relaxed_similarity_forward.argtypes = [_F32, ctypes.c_int64, ctypes.c_int64, ctypes.c_int64, ctypes.c_float,
+                                               ctypes.c_float, _F32, _F32, ctypes.c_int]
+    lib.relaxed_similarity_backward.argtypes = [_F32, ctypes.c_int64, ctypes.c_int64, ctypes.c_int64, ctypes.c_float,
+                                                ctypes.c_float, _F32, _F32, _F32, _F32, ctypes.c_int]
+    for fn in (lib.hier_lca_forward, lib.hier_lca_backward, lib.poincare_pdist_forward, lib.poincare_pdist_backward,
+               lib.poincare_cdist_backward, lib.relaxed_similarity_forward, lib.relaxed_similarity_backward):
         fn.restype = ctypes.c_int
     return lib
 
@@ -111,7 +126,7 @@ def _ptr(t, kind):
 
 def _check(code):
     if code != 0:
-        raise MemoryError("A native HIER kernel could not allocate its buffers.")
+        raise MemoryError("A native kernel of pml_hyperbolic could not allocate its buffers.")
 
 
 def lca_forward(scaled, i, j, k, noise, key, dist, margin):
@@ -143,7 +158,7 @@ def lca_backward(scaled, i, j, k, noise, key, lca1, lca2, e):
 def use_pdist(x):
     """Whether :func:`pdist` applies to ``x``: CPU float32, the kernel available, and at most PDIST_MAX_WORK."""
     work = x.shape[0] ** 2 * x.shape[1] / 2
-    return x.device.type == "cpu" and x.dtype == torch.float32 and work <= PDIST_MAX_WORK and library() is not None
+    return work <= PDIST_MAX_WORK and available(x)
 
 
 class _PoincarePdist(torch.autograd.Function):
@@ -173,14 +188,77 @@ def pdist(x, c):
     return _PoincarePdist.apply(x.contiguous(), float(c))
 
 
+NON_FINITE_SIMILARITY = "The similarity matrix contains NaN or inf values: check the embeddings."
+
+
 def reciprocal_triplets(sim, labels, topk, triplets_per_anchor, exclude_self_negative, uniforms):
     """(anchors, positives, negatives) of ``ReciprocalTripletMiner``'s rule on the float32 CPU similarity ``sim``
-    (n×n), ``labels`` (n,) or None, and ``uniforms`` (n×2×triplets_per_anchor float32 in [0, 1))."""
+    (n×n), ``labels`` (n,) or None, and ``uniforms`` (n×2×triplets_per_anchor float32 in [0, 1)); a ValueError if
+    ``sim`` holds NaN or inf."""
     n, t = sim.shape[0], triplets_per_anchor
     sim, uniforms = sim.contiguous(), uniforms.contiguous()
     labels = None if labels is None else labels.to(torch.int64).contiguous()
     out = torch.empty(3, n * t, dtype=torch.int64)
     found = library().reciprocal_triplets(_ptr(sim, _F32), n, _ptr(labels, _I64), topk, t, int(exclude_self_negative),
                                           _ptr(uniforms, _F32), *(_ptr(row, _I64) for row in out))
+    if found == -2:
+        raise ValueError(NON_FINITE_SIMILARITY)
     _check(found < 0)
     return tuple(row[: found * t] for row in out)
+
+
+def available(*tensors):
+    """Whether the float32 kernels apply to ``tensors``: all float32 on the CPU, and the library available."""
+    return all(t.device.type == "cpu" and t.dtype == torch.float32 for t in tensors) and library() is not None
+
+
+def cdist_forward(x, y, c, kappa, need_grad):
+    """(d, q, exact, a, b, n_exact) of ``csrc/poincare_cdist.c`` for float32 CPU ``x`` (N×D), ``y`` (M×D) and a float
+    curvature ``c``: d, q (N×M float32; q None without ``need_grad``), the flags of the pairs recomputed from exact
+    differences (N×M uint8, None without ``need_grad``), a, b (float64 inverse conformal terms) and the flag count."""
+    x, y = x.contiguous(), y.contiguous()
+    n, m = x.shape[0], y.shape[0]
+    g = x @ y.t()
+    d = torch.empty(n, m, dtype=torch.float32)
+    q = torch.empty(n, m, dtype=torch.float32) if need_grad else None
+    exact = torch.zeros(n, m, dtype=torch.uint8) if need_grad else None
+    a, b = torch.empty(n, dtype=torch.float64), torch.empty(m, dtype=torch.float64)
+    count = library().poincare_cdist_forward(_ptr(g, _F32), _ptr(x, _F32), _ptr(y, _F32), n, m, x.shape[1], c, kappa,
+                                             _ptr(d, _F32), _ptr(q, _F32), _ptr(exact, _U8), _ptr(a, _F64),
+                                             _ptr(b, _F64), torch.get_num_threads())
+    _check(count < 0)
+    return d, q, exact, a, b, count
+
+
+def cdist_backward(grad, q, exact, a, b, c):
+    """(K, row_k, row_eq, col_ka, col_eq) of ``csrc/poincare_cdist.c`` for ``grad`` = dL/dd (N×M) and the forward's
+    outputs (``exact`` None when no pair was flagged)."""
+    grad = grad.to(torch.float32).contiguous()
+    n, m = q.shape
+    k = torch.empty(n, m, dtype=torch.float32)
+    row_k, row_eq = torch.empty(n, dtype=torch.float32), torch.empty(n, dtype=torch.float32)
+    col_ka, col_eq = torch.empty(m, dtype=torch.float32), torch.empty(m, dtype=torch.float32)
+    _check(library().poincare_cdist_backward(_ptr(grad, _F32), _ptr(q, _F32), _ptr(exact, _U8), _ptr(a, _F64),
+                                             _ptr(b, _F64), n, m, c, _ptr(k, _F32), _ptr(row_k, _F32),
+                                             _ptr(row_eq, _F32), _ptr(col_ka, _F32), _ptr(col_eq, _F32),
+                                             torch.get_num_threads()))
+    return k, row_k, row_eq, col_ka, col_eq
+
+
+def relaxed_similarity_forward(m, sign, gamma):
+    """(S, p) of ``csrc/relaxed_similarity.c`` for the float32 CPU block ``m`` (B×K×C)."""
+    m = m.contiguous()
+    s = torch.empty(m.shape[0], m.shape[2], dtype=torch.float32)
+    p = torch.empty_like(m)
+    _check(library().relaxed_similarity_forward(_ptr(m, _F32), *m.shape, sign, gamma, _ptr(s, _F32), _ptr(p, _F32),
+                                                torch.get_num_threads()))
+    return s, p
+
+
+def relaxed_similarity_backward(m, s, p, sign, gamma, grad):
+    """dL/dm (B×K×C) of ``csrc/relaxed_similarity.c`` for ``grad`` = dL/dS (B×C) and the forward's m, S, p."""
+    grad = grad.to(torch.float32).contiguous()
+    grad_m = torch.empty_like(m)
+    _check(library().relaxed_similarity_backward(_ptr(m, _F32), *m.shape, sign, gamma, _ptr(s, _F32), _ptr(p, _F32),
+                                                 _ptr(grad, _F32), _ptr(grad_m, _F32), torch.get_num_threads()))
+    return grad_m

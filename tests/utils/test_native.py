@@ -1,4 +1,4 @@
-"""The native HIER kernels against their torch implementations and float64 references, and the build fallback."""
+"""The native kernels against their torch implementations and float64 references, and the build fallback."""
 
 import os
 import shutil
@@ -113,7 +113,7 @@ def test_fallback_without_compiler_warns_and_hier_still_works(monkeypatch, tmp_p
     monkeypatch.delenv("PML_HYPERBOLIC_NATIVE", raising=False)
     native.library.cache_clear()
     try:
-        with pytest.warns(RuntimeWarning, match="could not build the native HIER kernels"):
+        with pytest.warns(RuntimeWarning, match="could not build the native kernels"):
             assert native.library() is None
         dist, triplets = block(4, t=200)
         losses, _, grad = lca_run(HIERLoss(4, num_proxies=32, topk=5, generator=0), dist, triplets, 1.0)
@@ -223,6 +223,66 @@ def test_native_mining_matches_the_torch_rule(seed):
     assert mined > 0
 
 
+@needs_compiler
+def test_native_mining_rejects_non_finite_similarities(monkeypatch):
+    sim = -torch.cdist(torch.randn(12, 3), torch.randn(12, 3))
+    sim[4, 7] = float("nan")
+    miner = ReciprocalTripletMiner(topk=3, triplets_per_anchor=2)
+    for value in (float("nan"), float("inf"), -float("inf")):
+        sim[4, 7] = value
+        with pytest.raises(ValueError, match="NaN or inf"):
+            miner.mine_similarity(sim)
+    monkeypatch.setattr(native, "available", lambda *tensors: False)  # the torch rule checks the same
+    with pytest.raises(ValueError, match="NaN or inf"):
+        miner.mine_similarity(sim)
+
+
+@needs_compiler
+def test_cdist_kernel_threads_agree():
+    """Rows split over threads give the same distances; the column sums of the backward agree to rounding."""
+    g = torch.Generator().manual_seed(3)
+    x = poincare.expmap0(torch.randn(400, 16, generator=g), 0.1).requires_grad_()
+    y = poincare.expmap0(torch.randn(2000, 16, generator=g), 0.1).requires_grad_()  # several threads' worth
+    grad = torch.randn(400, 2000, generator=g)
+    before, out = torch.get_num_threads(), []
+    try:
+        for threads in (1, 2):
+            torch.set_num_threads(threads)
+            x.grad = y.grad = None
+            d = poincare.cdist(x, y, 0.1)
+            (d * grad).sum().backward()
+            out.append((d, x.grad, y.grad))
+    finally:
+        torch.set_num_threads(before)
+    assert torch.equal(out[0][0], out[1][0])
+    for a, b in zip(out[0][1:], out[1][1:]):
+        torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-5)
+
+
+@needs_compiler
+@pytest.mark.parametrize("sign", [-1.0, 1.0])
+def test_relaxed_similarity_kernel_matches_torch(sign, monkeypatch):
+    """HyperbolicSoftTripleLoss's softmax over proxies: the kernel against the torch ops, with ties and spreads of
+    hundreds of nats inside a class (the terms that underflow)."""
+    from pml_hyperbolic.losses.hyperbolic_soft_triple_loss import _RelaxedSimilarity
+
+    g = torch.Generator().manual_seed(4)
+    m = torch.rand(37, 7, 13, generator=g) * 25  # (B, K, C), distances up to 25 / gamma = 250 nats apart
+    m[:, 3] = m[:, 2]  # tied proxies
+    grad = torch.randn(37, 13, generator=g)
+    out = []
+    for use_kernel in (True, False):
+        if not use_kernel:
+            monkeypatch.setattr(native, "available", lambda *tensors: False)
+        mm = m.clone().requires_grad_()
+        s = _RelaxedSimilarity.apply(mm, sign, 0.1)
+        (s * grad).sum().backward()
+        out.append((s, mm.grad))
+    assert torch.isfinite(out[0][0]).all() and torch.isfinite(out[0][1]).all()
+    torch.testing.assert_close(out[0][0], out[1][0], rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(out[0][1], out[1][1], rtol=1e-4, atol=1e-5)
+
+
 def test_every_kernel_source_is_packaged():
     """A wheel must ship every file the build compiles or includes (pyproject's package-data globs)."""
     import fnmatch
@@ -235,6 +295,7 @@ def test_every_kernel_source_is_packaged():
         pytest.skip("installed without the source tree")
     globs = tomllib.loads(pyproject.read_text())["tool"]["setuptools"]["package-data"]["pml_hyperbolic"]
     sources = [path.name for path in native._CSRC.iterdir() if path.suffix in (".c", ".h")]
-    assert {"parallel.h", "hier_lca.c", "poincare_pdist.c", "reciprocal_mining.c"} <= set(sources)
+    assert {"parallel.h", "fastmath.h", "ball.h", "hier_lca.c", "poincare_pdist.c", "poincare_cdist.c",
+            "reciprocal_mining.c", "relaxed_similarity.c"} <= set(sources)
     for name in sources:
         assert any(fnmatch.fnmatch(f"csrc/{name}", pattern) for pattern in globs), name
