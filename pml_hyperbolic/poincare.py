@@ -127,14 +127,58 @@ def tangent_to_ball(u, c, clip_r=None, dim=-1):
     r"""Clip, :func:`expmap0` and :func:`project` as one scale per row: :math:`u\,\rho/(\sqrt c\,\|u\|)` with
     :math:`\rho = \min(\tanh(\sqrt c\,\min(\|u\|, r)),\ 1 - \epsilon)` (``clip_r`` = r, None: no clipping).
 
-    The map of :class:`~pml_hyperbolic.layers.ToPoincare` in a handful of ops instead of about twenty (equal up to
-    rounding); :class:`~pml_hyperbolic.losses.HyperbolicSoftTripleLoss` maps its proxies with it."""
-    sqrt_c = c.to(u).sqrt() if isinstance(c, torch.Tensor) else math.sqrt(c)
-    norm = u.norm(dim=dim, keepdim=True).clamp_min(torch.finfo(u.dtype).tiny)
-    r = norm if clip_r is None else norm.clamp(max=clip_r)
-    # tanh rounds to 1 for large arguments: keep the projection's margin to the boundary.
-    rho = torch.tanh(sqrt_c * r).clamp(max=(1 - boundary_eps(u.dtype)) * (1 - 8 * torch.finfo(u.dtype).eps))
-    return u * (rho / (sqrt_c * norm))
+    The map of :class:`~pml_hyperbolic.layers.ToPoincare` (equal to clip, expmap0, project up to rounding) and of the
+    proxies of :class:`~pml_hyperbolic.losses.HyperbolicSoftTripleLoss` and :class:`~pml_hyperbolic.losses.HIERLoss`.
+    With a constant curvature the backward is one formula, :math:`g\,s + u\,(g\cdot u)\,s'(\|u\|)/\|u\|` for the
+    scale :math:`s`, instead of autograd through a dozen ops (twice differentiable either way)."""
+    rho_max = (1 - boundary_eps(u.dtype)) * (1 - 8 * torch.finfo(u.dtype).eps)
+    if isinstance(c, torch.Tensor) and c.requires_grad:
+        sqrt_c = c.to(u).sqrt()
+        norm = u.norm(dim=dim, keepdim=True).clamp_min(torch.finfo(u.dtype).tiny)
+        r = norm if clip_r is None else norm.clamp(max=clip_r)
+        # tanh rounds to 1 for large arguments: keep the projection's margin to the boundary.
+        return u * (torch.tanh(sqrt_c * r).clamp(max=rho_max) / (sqrt_c * norm))
+    return _TangentToBall.apply(u, math.sqrt(float(c)), clip_r, rho_max, dim)
+
+
+def _tangent_scale(u, sqrt_c, clip_r, rho_max, dim):
+    """(s, slope) of :func:`tangent_to_ball` for a float sqrt(c): the row scale s(n), n = ||u||, and s'(n) / n."""
+    n = u.norm(dim=dim, keepdim=True).clamp_min(torch.finfo(u.dtype).tiny)
+    r = n if clip_r is None else n.clamp(max=clip_r)
+    t = torch.tanh(sqrt_c * r)
+    s = t.clamp(max=rho_max) / (sqrt_c * n)
+    z = sqrt_c * n
+    # s'(n) / n = c (1 - t^2 - s) / z^2 where rho = tanh(sqrt(c) n) (no clipping or boundary clamp), else -s / n^2;
+    # for small z the difference cancels: its series is c (-2/3 + 8 z^2 / 15).
+    free = t < rho_max if clip_r is None else (t < rho_max) & (n < clip_r)
+    small = z < 1e-2
+    moving = torch.where(small, (8 / 15) * z.square() - 2 / 3, (1 - t.square() - s) / torch.where(small, 1, z.square()))
+    slope = torch.where(free, sqrt_c**2 * moving, -s / n.square())
+    return s, slope
+
+
+class _TangentToBall(torch.autograd.Function):
+    """:func:`tangent_to_ball` for a constant curvature: C kernels on CPU float32 2-D input (``csrc/tangent_map.c``),
+    else torch ops; the backward is the formula of :func:`_tangent_scale`, in torch ops when a graph of it is needed."""
+
+    @staticmethod
+    def forward(ctx, u, sqrt_c, clip_r, rho_max, dim):
+        ctx.save_for_backward(u)
+        ctx.args = (sqrt_c, clip_r, rho_max, dim)
+        ctx.native = u.ndim == 2 and dim in (-1, 1) and native.available(u)
+        if ctx.native:
+            return native.tangent_to_ball_forward(u, sqrt_c, clip_r, rho_max)
+        n = u.norm(dim=dim, keepdim=True).clamp_min(torch.finfo(u.dtype).tiny)
+        r = n if clip_r is None else n.clamp(max=clip_r)
+        return u * (torch.tanh(sqrt_c * r).clamp_(max=rho_max) / (sqrt_c * n))
+
+    @staticmethod
+    def backward(ctx, grad):
+        (u,) = ctx.saved_tensors
+        if ctx.native and not torch.is_grad_enabled():  # grad mode here means a graph of the backward is built
+            return native.tangent_to_ball_backward(u, grad, *ctx.args[:3]), None, None, None, None
+        s, slope = _tangent_scale(u, *ctx.args)
+        return grad * s + u * (slope * (grad * u).sum(ctx.args[3], keepdim=True)), None, None, None, None
 
 
 def logmap0(x, c, dim=-1):
@@ -311,24 +355,30 @@ class _PoincareCdist(torch.autograd.Function):
 
 class _NativeCdist(torch.autograd.Function):
     r""":class:`_PoincareCdist` for float32 CPU inputs and a constant curvature, with the element-wise passes in C
-    (``csrc/poincare_cdist.c``: norms, close-pair recomputation and :math:`\operatorname{asinh}` in double), around
-    one matrix product forward and two backward."""
+    (``csrc/poincare_cdist.c``: norms, close-pair recomputation and :math:`\operatorname{asinh}` in double and float),
+    around one matrix product forward and two backward. The backward overwrites the saved q with its weights (a second
+    backward through a retained graph recomputes q from d)."""
 
     @staticmethod
     def forward(ctx, x, y, c):
         need_grad = any(ctx.needs_input_grad[:2])
-        d, q, exact, a, b, n_exact = native.cdist_forward(x, y, c, _CANCELLATION_KAPPA[torch.float32], need_grad)
+        d, q, a, b, n_exact = native.cdist_forward(x, y, c, _CANCELLATION_KAPPA[torch.float32], need_grad)
         if need_grad:
-            pairs = exact.nonzero(as_tuple=True) if n_exact else None
-            ctx.save_for_backward(x, y, q, exact if n_exact else None, a, b)
-            ctx.c, ctx.pairs = c, pairs
+            ctx.pairs = (q < 0).nonzero(as_tuple=True) if n_exact else None  # recomputed from exact differences
+            ctx.save_for_backward(x, y, q, a, b, d)
+            ctx.c, ctx.q_spent = c, False
         return d
 
     @staticmethod
     @torch.autograd.function.once_differentiable
     def backward(ctx, grad):
-        x, y, q, exact, a, b = ctx.saved_tensors
-        K, row_k, row_eq, col_ka, col_eq = native.cdist_backward(grad, q, exact, a, b, ctx.c)
+        x, y, q, a, b, d = ctx.saved_tensors
+        if ctx.q_spent:  # q = sinh(sqrt(c) d / 2)^2, flagged pairs negated
+            q = torch.sinh(d * (math.sqrt(ctx.c) / 2)).square_()
+            if ctx.pairs is not None:
+                q[ctx.pairs] *= -1
+        ctx.q_spent = True
+        K, row_k, row_eq, col_ka, col_eq = native.cdist_backward(grad, q, a, b, ctx.c)
         a, b = a.float(), b.float()
         if ctx.pairs is not None:  # close pairs: K_ij (x_i - y_j) from exact differences, not from the products
             rows, cols = ctx.pairs
@@ -390,13 +440,12 @@ def cdist(x, y, c):
 class _RiemannianGradient(torch.autograd.Function):
     @staticmethod
     def forward(ctx, x, c):
-        ctx.save_for_backward(x, c)
+        ctx.save_for_backward((1 - c.detach() * x.detach().pow(2).sum(-1, keepdim=True)).pow(2) / 4)
         return x.view_as(x)
 
     @staticmethod
     def backward(ctx, grad):
-        x, c = ctx.saved_tensors
-        scale = (1 - c.detach() * x.pow(2).sum(-1, keepdim=True)).pow(2) / 4
+        (scale,) = ctx.saved_tensors
         return grad * scale, None
 
 

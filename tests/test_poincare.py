@@ -212,6 +212,56 @@ def test_maps_and_projection():
         assert (C * z.double().pow(2).sum(1) < 1).all()
 
 
+def _tangent_reference(u, c, clip_r):
+    """clip, expmap0 and project composed in float64 with autograd (the map tangent_to_ball fuses)."""
+    u = u.double()
+    x = u if clip_r is None else poincare.clip_features(u, clip_r)
+    return poincare.expmap0(x, c)
+
+
+@pytest.mark.parametrize("clip_r", [2.3, None])
+def test_tangent_to_ball_matches_the_composed_maps(clip_r, path):
+    """Rows from 0 and 1e-30 through the series/formula switch (sqrt(c)||u|| = 1e-2) to clipped and boundary-clamped
+    ones: values and gradients against float64 autograd through clip_features, expmap0 and project."""
+    gen = torch.Generator().manual_seed(11)
+    scales = torch.tensor([0, 1e-30, 1e-8, 1e-4, 0.02, 0.0316, 0.0317, 0.1, 0.5, 2.0, 2.299, 2.301, 5.0, 40.0])
+    u = torch.randn(len(scales), 64, generator=gen, dtype=torch.float64)
+    u = (u / u.norm(dim=1, keepdim=True) * scales[:, None].double()).float().requires_grad_()
+    grad = torch.randn(u.shape, generator=gen, dtype=torch.float64)
+    out = poincare.tangent_to_ball(u, C, clip_r)
+    (out * grad.float()).sum().backward()
+    u64 = u.detach().double().requires_grad_()
+    ref = _tangent_reference(u64, C, clip_r)
+    (ref * grad).sum().backward()
+    assert ((out.double() - ref).norm(dim=1) <= 1e-6 * ref.norm(dim=1).clamp_min(1e-30)).all()
+    keep = slice(None) if clip_r is not None else slice(0, -1)  # unclipped 40: tanh saturates, the clamp decides
+    err = (u.grad.double() - u64.grad).norm(dim=1) / u64.grad.norm(dim=1)
+    assert err[keep].max() <= 1e-5 and torch.isfinite(u.grad).all()
+    # radial derivative d||out||/d||u|| = 1 - z^2 + ... near the series switch: the small radial term, tightly
+    u.grad, u64.grad = None, None
+    radial = u64.detach() / u64.detach().norm(dim=1, keepdim=True).clamp_min(1e-300)
+    (poincare.tangent_to_ball(u, C, clip_r) * radial.float()).sum().backward()
+    (_tangent_reference(u64, C, clip_r) * radial).sum().backward()
+    near = slice(3, 9)  # sqrt(c) ||u|| from 3e-5 to 3e-2
+    assert ((u.grad.double() - u64.grad)[near].norm(dim=1) / u64.grad[near].norm(dim=1)).max() <= 1e-6
+
+
+def test_tangent_to_ball_second_derivatives():
+    """The one-formula backward is itself differentiable (gradient penalties through ToPoincare), on every path."""
+    gen = torch.Generator().manual_seed(12)
+    u = (torch.randn(6, 5, generator=gen, dtype=torch.float64) * 2).requires_grad_()
+    for clip_r in (2.3, None):
+        assert torch.autograd.gradcheck(lambda x: poincare.tangent_to_ball(x, 0.3, clip_r), (u,))
+        assert torch.autograd.gradgradcheck(lambda x: poincare.tangent_to_ball(x, 0.3, clip_r), (u,))
+    u32 = u.detach().float().requires_grad_()  # the C kernel's forward, the torch formula for the graph
+    (g,) = torch.autograd.grad(poincare.tangent_to_ball(u32, 0.3, 2.3).pow(2).sum(), u32, create_graph=True)
+    (gg,) = torch.autograd.grad(g.sum(), u32)
+    u64 = u.detach().requires_grad_()
+    (g64,) = torch.autograd.grad(_tangent_reference(u64, 0.3, 2.3).pow(2).sum(), u64, create_graph=True)
+    (gg64,) = torch.autograd.grad(g64.sum(), u64)
+    torch.testing.assert_close(gg.double(), gg64, rtol=1e-4, atol=1e-5)
+
+
 def test_clip_features_and_conformal_factor():
     x = torch.tensor([[3.0, 4.0], [0.3, 0.4], [0.0, 0.0]])
     clipped = poincare.clip_features(x, 2.3)

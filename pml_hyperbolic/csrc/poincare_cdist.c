@@ -8,16 +8,18 @@
        u_i = ||x_i||^2,  a_i = 1 / (1 - c u_i),  v_j = ||y_j||^2,  b_j = 1 / (1 - c v_j)
 
    The norms and a, b are computed in double (1 - c u cancels near the boundary), the rest in float. Where the product
-   may have cancelled, A_ij <= kappa (u_i + max v) (close pairs), A_ij is recomputed from exact differences and the
-   pair is flagged in `exact`; elsewhere A has a relative error of about float32's epsilon / kappa.
+   may have cancelled, A_ij <= kappa (u_i + max v) (close pairs), A_ij is recomputed from exact differences; the saved
+   q of such a pair is stored negated (the flag; a pair with q = 0 has no gradient and needs none). Elsewhere A has a
+   relative error of about float32's epsilon / kappa. d overwrites g (the same buffer).
 
    Backward (float32), for G = dL/dd, E_ij = G_ij / (sqrt c sqrt(q_ij (1 + q_ij))) (0 where q = 0) and K_ij = E_ij b_j:
 
        dL/dx_i = 2 c a_i [x_i (sum_j K_ij + sum_j E_ij q_ij) - sum_j K_ij y_j]
        dL/dy_j = 2 c [y_j (sum_i K_ij a_i + b_j sum_i E_ij q_ij) - sum_i K_ij a_i x_i]
 
-   This kernel returns K and the four sums; the caller forms the two matrix products. The sums of K leave the flagged
-   pairs out: their K_ij (x_i - y_j) terms cancel in the products, and the caller adds them from exact differences. */
+   This kernel overwrites q with K and returns the four sums; the caller forms the two matrix products. The sums of K
+   leave the flagged pairs out: their K_ij (x_i - y_j) terms cancel in the products, and the caller adds them from
+   exact differences. */
 
 #include <stdint.h>
 #include <stdlib.h>
@@ -27,17 +29,16 @@
 #include "parallel.h"
 
 typedef struct {
-    const float *g, *x, *y;
+    const float *x, *y;
     int64_t M, D;
     float c;
     const double *a, *b;        /* 1 / alpha_i, 1 / beta_j */
     const float *u, *v, *bf;    /* u_i, v_j, b_j in float */
     float kappa, v_max;         /* A_ij <= kappa (u_i + v_max) is recomputed */
-    float *d, *q;               /* forward outputs (q may be NULL) */
-    uint8_t *exact;             /* forward output, zero-filled by the caller (may be NULL); read by the backward */
+    float *d, *q;               /* forward: g in, d out (in place); q out (may be NULL); backward: q in, K out */
     int64_t count;              /* forward: flagged pairs of the job's rows */
     const float *grad;          /* backward */
-    float *k, *row_k, *row_eq, *col_ka, *col_eq; /* backward outputs; col_* per job */
+    float *row_k, *row_eq, *col_ka, *col_eq; /* backward outputs; col_* per job */
     int64_t begin, end;
 } cdist_job_t;
 
@@ -48,7 +49,8 @@ static void *forward_rows(void *arg) {
     float *scratch = job->q ? NULL : malloc(sizeof(float) * (size_t)(M > 0 ? M : 1));
     if (!job->q && !scratch) return (void *)1;
     for (int64_t i = job->begin; i < job->end; i++) {
-        const float *restrict g = job->g + i * M, *restrict xi = job->x + i * D;
+        float *g = job->d + i * M; /* g in, d out */
+        const float *restrict xi = job->x + i * D;
         const float ui = job->u[i], cai = (float)(job->c * job->a[i]);
         const float threshold = job->kappa * (ui + job->v_max) + 1e-19f;
         float *restrict q = job->q ? job->q + i * M : scratch;
@@ -58,19 +60,17 @@ static void *forward_rows(void *arg) {
             smallest = A < smallest ? A : smallest;
             q[j] = cai * bf[j] * A;
         }
-        if (smallest <= threshold) { /* close pairs in this row: exact differences */
+        if (smallest <= threshold) { /* close pairs in this row: exact differences, q negated as the flag */
             for (int64_t j = 0; j < M; j++) {
                 if ((ui + v[j]) - 2.0f * g[j] > threshold) continue;
                 const float *restrict yj = job->y + j * D;
                 float A = 0.0f;
                 for (int64_t e = 0; e < D; e++) A += (xi[e] - yj[e]) * (xi[e] - yj[e]);
-                q[j] = cai * bf[j] * A;
-                if (job->exact) job->exact[i * M + j] = 1;
+                q[j] = -(cai * bf[j] * A);
                 job->count++;
             }
         }
-        float *restrict d = job->d + i * M;
-        for (int64_t j = 0; j < M; j++) d[j] = scale * asinh_sqrt_float(q[j]);
+        for (int64_t j = 0; j < M; j++) g[j] = scale * asinh_sqrt_float(fabsf(q[j]));
     }
     free(scratch);
     return NULL;
@@ -86,29 +86,19 @@ static void *backward_rows(void *arg) {
     for (int64_t j = 0; j < M; j++) b[j] = (float)job->b[j];
     for (int64_t j = 0; j < M; j++) col_ka[j] = col_eq[j] = 0.0f;
     for (int64_t i = job->begin; i < job->end; i++) {
-        const float *restrict G = job->grad + i * M, *restrict q = job->q + i * M;
-        float *restrict k = job->k + i * M;
+        const float *restrict G = job->grad + i * M;
+        float *restrict qk = job->q + i * M; /* q in, K out */
         const float ai = (float)job->a[i];
         float row_k = 0.0f, row_eq = 0.0f;
         for (int64_t j = 0; j < M; j++) {
-            const float e = q[j] > 0.0f ? G[j] * inv_sqrt_c / sqrtf(q[j] * (1.0f + q[j])) : 0.0f;
-            const float eq = e * q[j];
-            k[j] = e * b[j];
+            const float q = fabsf(qk[j]), flagged = qk[j] < 0.0f ? 0.0f : 1.0f;
+            const float e = q > 0.0f ? G[j] * inv_sqrt_c / sqrtf(q * (1.0f + q)) : 0.0f;
+            const float eq = e * q, k = e * b[j];
             row_eq += eq;
             col_eq[j] += eq;
-        }
-        if (job->exact) {
-            const uint8_t *restrict flag = job->exact + i * M;
-            for (int64_t j = 0; j < M; j++) {
-                const float kk = flag[j] ? 0.0f : k[j];
-                row_k += kk;
-                col_ka[j] += kk * ai;
-            }
-        } else {
-            for (int64_t j = 0; j < M; j++) {
-                row_k += k[j];
-                col_ka[j] += k[j] * ai;
-            }
+            row_k += flagged * k;
+            col_ka[j] += flagged * k * ai;
+            qk[j] = k;
         }
         job->row_k[i] = row_k;
         job->row_eq[i] = row_eq;
@@ -127,11 +117,10 @@ static int split(cdist_job_t *jobs, const cdist_job_t *proto, int64_t N, int n_t
     return n_threads;
 }
 
-/* Writes d (N x M), q (N x M, or NULL), the flags of the recomputed pairs into exact (N x M, zero-filled, or NULL)
-   and the double vectors a (N) and b (M); returns the number of flagged pairs, or -1 if out of memory. */
-int64_t poincare_cdist_forward(const float *g, const float *x, const float *y, int64_t N, int64_t M, int64_t D,
-                               double c, double kappa, float *d, float *q, uint8_t *exact, double *a, double *b,
-                               int n_threads) {
+/* g (N x M) is overwritten by d; writes q (N x M, or NULL) and the double vectors a (N) and b (M); returns the number
+   of flagged pairs, or -1 if out of memory. */
+int64_t poincare_cdist_forward(float *g, const float *x, const float *y, int64_t N, int64_t M, int64_t D, double c,
+                               double kappa, float *q, double *a, double *b, int n_threads) {
     cdist_job_t jobs[MAX_THREADS];
     double *u = malloc(sizeof(double) * (size_t)(N + M + 1)), *v = u + N;
     float *f = malloc(sizeof(float) * (size_t)(N + 2 * M + 1));
@@ -149,8 +138,8 @@ int64_t poincare_cdist_forward(const float *g, const float *x, const float *y, i
         bf[j] = (float)b[j];
         v_max = vf[j] > v_max ? vf[j] : v_max;
     }
-    cdist_job_t proto = {g, x, y, M, D, (float)c, a, b, uf, vf, bf, (float)kappa, v_max, d, q, exact, 0, NULL,
-                         NULL, NULL, NULL, NULL, NULL, 0, 0};
+    cdist_job_t proto = {x, y, M, D, (float)c, a, b, uf, vf, bf, (float)kappa, v_max, g, q, 0, NULL, NULL, NULL, NULL,
+                         NULL, 0, 0};
     int n = split(jobs, &proto, N, n_threads, 6.0); /* about 6 units per pair */
     int failed = run_jobs(forward_rows, jobs, sizeof(cdist_job_t), n);
     free(u);
@@ -160,14 +149,13 @@ int64_t poincare_cdist_forward(const float *g, const float *x, const float *y, i
     return failed ? -1 : count;
 }
 
-/* From the forward's q (N x M), exact (or NULL if no pair was flagged), a and b: k = K (N x M), row_k, row_eq (N),
-   col_ka, col_eq (M), for grad = dL/dd (N x M). */
-int poincare_cdist_backward(const float *grad, const float *q, const uint8_t *exact, const double *a, const double *b,
-                            int64_t N, int64_t M, double c, float *k, float *row_k, float *row_eq, float *col_ka,
-                            float *col_eq, int n_threads) {
+/* From the forward's q (N x M, overwritten by K), a and b: row_k, row_eq (N), col_ka, col_eq (M), for
+   grad = dL/dd (N x M). */
+int poincare_cdist_backward(const float *grad, float *q, const double *a, const double *b, int64_t N, int64_t M,
+                            double c, float *row_k, float *row_eq, float *col_ka, float *col_eq, int n_threads) {
     cdist_job_t jobs[MAX_THREADS];
-    cdist_job_t proto = {NULL, NULL, NULL, M, 0, (float)c, a, b, NULL, NULL, NULL, 0.0f, 0.0f, NULL, (float *)q,
-                         (uint8_t *)exact, 0, grad, k, row_k, row_eq, col_ka, col_eq, 0, 0};
+    cdist_job_t proto = {NULL, NULL, M, 0, (float)c, a, b, NULL, NULL, NULL, 0.0f, 0.0f, NULL, q, 0, grad, row_k,
+                         row_eq, col_ka, col_eq, 0, 0};
     int n = split(jobs, &proto, N, n_threads, 4.0);
     float *partial = n > 1 ? malloc(sizeof(float) * (size_t)(2 * (n - 1) * M)) : NULL;
     if (n > 1 && !partial) return 1;

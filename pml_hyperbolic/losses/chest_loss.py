@@ -215,7 +215,8 @@ class CHESTLoss(BaseMetricLossFunction):
         for name, entry in part_dict.items():
             entry = dict(entry)
             if torch.is_tensor(entry["losses"]):
-                entry["losses"] = entry["losses"] * weight
+                if weight != 1:
+                    entry["losses"] = entry["losses"] * weight
                 if entry["reduction_type"] != "already_reduced":
                     entry.setdefault("divisor", len(entry["losses"]))
             loss_dict[f"{prefix}_{name}"] = entry

@@ -178,8 +178,9 @@ class HyperbolicSoftTripleLoss(WeightRegularizerMixin, BaseMetricLossFunction):
         sim = self._relaxed_similarity(embeddings, proxies)
         margin = torch.full_like(labels, -self.margin, dtype=sim.dtype).unsqueeze(1)
         logits = self.la * sim.scatter_add(1, labels.unsqueeze(1), margin)
-        miner_weights = lmu.convert_to_weights(indices_tuple, labels, dtype=sim.dtype)
-        loss = F.cross_entropy(logits, labels, reduction="none") * miner_weights
+        loss = F.cross_entropy(logits, labels, reduction="none")
+        if indices_tuple is not None:  # pml's SoftTripleLoss weighting: a miner's share of each sample
+            loss = loss * lmu.convert_to_weights(indices_tuple, labels, dtype=sim.dtype)
         loss_dict = {
             "loss": {
                 "losses": loss,

@@ -1,8 +1,10 @@
 """Optional native kernels for float32 on CPU, compiled at first use with the C compiler.
 
-``pml_hyperbolic/csrc/`` holds five kernels, each replacing a sequence of small torch ops that costs more in per-op
+``pml_hyperbolic/csrc/`` holds six kernels, each replacing a sequence of small torch ops that costs more in per-op
 overhead than in arithmetic at training sizes:
 
+* ``tangent_map.c``: :func:`pml_hyperbolic.poincare.tangent_to_ball` (``ToPoincare``, the loss proxies) and its
+  backward;
 * ``poincare_cdist.c``: the element-wise passes of :func:`pml_hyperbolic.poincare.cdist` around torch's matrix
   products (norms, close-pair recomputation, asinh; the backward's weights and row/column sums);
 * ``relaxed_similarity.c``: ``HyperbolicSoftTripleLoss``'s softmax over each class's proxies and its backward;
@@ -38,7 +40,7 @@ _FLAGS = ["-O3", "-std=c99", "-fPIC", "-shared", "-pthread", "-fno-math-errno", 
 # pdist is used up to this many multiply-adds (R^2 D / 2); above it the matrix-product kernel is faster.
 PDIST_MAX_WORK = 1 << 23
 _I64, _F32 = ctypes.POINTER(ctypes.c_int64), ctypes.POINTER(ctypes.c_float)
-_F64, _U8 = ctypes.POINTER(ctypes.c_double), ctypes.POINTER(ctypes.c_uint8)
+_F64 = ctypes.POINTER(ctypes.c_double)
 
 
 def _cache_dir():
@@ -106,14 +108,20 @@ def library():
                                         _I64, _I64, _I64]
     lib.reciprocal_triplets.restype = ctypes.c_int64
     lib.poincare_cdist_forward.argtypes = [_F32, _F32, _F32, ctypes.c_int64, ctypes.c_int64, ctypes.c_int64,
-                                           ctypes.c_double, ctypes.c_double, _F32, _F32, _U8, _F64, _F64, ctypes.c_int]
+                                           ctypes.c_double, ctypes.c_double, _F32, _F64, _F64, ctypes.c_int]
     lib.poincare_cdist_forward.restype = ctypes.c_int64
-    lib.poincare_cdist_backward.argtypes = [_F32, _F32, _U8, _F64, _F64, ctypes.c_int64, ctypes.c_int64,
-                                            ctypes.c_double, _F32, _F32, _F32, _F32, _F32, ctypes.c_int]
+    lib.poincare_cdist_backward.argtypes = [_F32, _F32, _F64, _F64, ctypes.c_int64, ctypes.c_int64, ctypes.c_double,
+                                            _F32, _F32, _F32, _F32, ctypes.c_int]
     lib.relaxed_similarity_forward.argtypes = [_F32, ctypes.c_int64, ctypes.c_int64, ctypes.c_int64, ctypes.c_float,
                                                ctypes.c_float, _F32, _F32, ctypes.c_int]
     lib.relaxed_similarity_backward.argtypes = [_F32, ctypes.c_int64, ctypes.c_int64, ctypes.c_int64, ctypes.c_float,
                                                 ctypes.c_float, _F32, _F32, _F32, _F32, ctypes.c_int]
+    lib.tangent_to_ball_forward.argtypes = [_F32, ctypes.c_int64, ctypes.c_int64, ctypes.c_double, ctypes.c_double,
+                                            ctypes.c_double, _F32]
+    lib.tangent_to_ball_backward.argtypes = [_F32, _F32, ctypes.c_int64, ctypes.c_int64, ctypes.c_double,
+                                             ctypes.c_double, ctypes.c_double, _F32]
+    for fn in (lib.tangent_to_ball_forward, lib.tangent_to_ball_backward):
+        fn.restype = None
     for fn in (lib.hier_lca_forward, lib.hier_lca_backward, lib.poincare_pdist_forward, lib.poincare_pdist_backward,
                lib.poincare_cdist_backward, lib.relaxed_similarity_forward, lib.relaxed_similarity_backward):
         fn.restype = ctypes.c_int
@@ -213,36 +221,31 @@ def available(*tensors):
 
 
 def cdist_forward(x, y, c, kappa, need_grad):
-    """(d, q, exact, a, b, n_exact) of ``csrc/poincare_cdist.c`` for float32 CPU ``x`` (N×D), ``y`` (M×D) and a float
-    curvature ``c``: d, q (N×M float32; q None without ``need_grad``), the flags of the pairs recomputed from exact
-    differences (N×M uint8, None without ``need_grad``), a, b (float64 inverse conformal terms) and the flag count."""
+    """(d, q, a, b, n_exact) of ``csrc/poincare_cdist.c`` for float32 CPU ``x`` (N×D), ``y`` (M×D) and a float
+    curvature ``c``: d (N×M float32), q (N×M float32, negated for the pairs recomputed from exact differences; None
+    without ``need_grad``), a, b (float64 inverse conformal terms) and the number of recomputed pairs."""
     x, y = x.contiguous(), y.contiguous()
     n, m = x.shape[0], y.shape[0]
-    g = x @ y.t()
-    d = torch.empty(n, m, dtype=torch.float32)
+    d = x @ y.t()  # the products, overwritten by the distances
     q = torch.empty(n, m, dtype=torch.float32) if need_grad else None
-    exact = torch.zeros(n, m, dtype=torch.uint8) if need_grad else None
     a, b = torch.empty(n, dtype=torch.float64), torch.empty(m, dtype=torch.float64)
-    count = library().poincare_cdist_forward(_ptr(g, _F32), _ptr(x, _F32), _ptr(y, _F32), n, m, x.shape[1], c, kappa,
-                                             _ptr(d, _F32), _ptr(q, _F32), _ptr(exact, _U8), _ptr(a, _F64),
-                                             _ptr(b, _F64), torch.get_num_threads())
+    count = library().poincare_cdist_forward(_ptr(d, _F32), _ptr(x, _F32), _ptr(y, _F32), n, m, x.shape[1], c, kappa,
+                                             _ptr(q, _F32), _ptr(a, _F64), _ptr(b, _F64), torch.get_num_threads())
     _check(count < 0)
-    return d, q, exact, a, b, count
+    return d, q, a, b, count
 
 
-def cdist_backward(grad, q, exact, a, b, c):
+def cdist_backward(grad, q, a, b, c):
     """(K, row_k, row_eq, col_ka, col_eq) of ``csrc/poincare_cdist.c`` for ``grad`` = dL/dd (N×M) and the forward's
-    outputs (``exact`` None when no pair was flagged)."""
+    q, a, b; K is written over q."""
     grad = grad.to(torch.float32).contiguous()
     n, m = q.shape
-    k = torch.empty(n, m, dtype=torch.float32)
     row_k, row_eq = torch.empty(n, dtype=torch.float32), torch.empty(n, dtype=torch.float32)
     col_ka, col_eq = torch.empty(m, dtype=torch.float32), torch.empty(m, dtype=torch.float32)
-    _check(library().poincare_cdist_backward(_ptr(grad, _F32), _ptr(q, _F32), _ptr(exact, _U8), _ptr(a, _F64),
-                                             _ptr(b, _F64), n, m, c, _ptr(k, _F32), _ptr(row_k, _F32),
-                                             _ptr(row_eq, _F32), _ptr(col_ka, _F32), _ptr(col_eq, _F32),
-                                             torch.get_num_threads()))
-    return k, row_k, row_eq, col_ka, col_eq
+    _check(library().poincare_cdist_backward(_ptr(grad, _F32), _ptr(q, _F32), _ptr(a, _F64), _ptr(b, _F64), n, m, c,
+                                             _ptr(row_k, _F32), _ptr(row_eq, _F32), _ptr(col_ka, _F32),
+                                             _ptr(col_eq, _F32), torch.get_num_threads()))
+    return q, row_k, row_eq, col_ka, col_eq
 
 
 def relaxed_similarity_forward(m, sign, gamma):
@@ -262,3 +265,21 @@ def relaxed_similarity_backward(m, s, p, sign, gamma, grad):
     _check(library().relaxed_similarity_backward(_ptr(m, _F32), *m.shape, sign, gamma, _ptr(s, _F32), _ptr(p, _F32),
                                                  _ptr(grad, _F32), _ptr(grad_m, _F32), torch.get_num_threads()))
     return grad_m
+
+
+def tangent_to_ball_forward(u, sqrt_c, clip_r, rho_max):
+    """``poincare.tangent_to_ball`` of the float32 CPU rows ``u`` (N×D) by ``csrc/tangent_map.c``."""
+    u = u.contiguous()
+    out = torch.empty_like(u)
+    library().tangent_to_ball_forward(_ptr(u, _F32), *u.shape, sqrt_c, -1.0 if clip_r is None else clip_r, rho_max,
+                                      _ptr(out, _F32))
+    return out
+
+
+def tangent_to_ball_backward(u, grad, sqrt_c, clip_r, rho_max):
+    """dL/du of :func:`tangent_to_ball_forward` for ``grad`` = dL/dout."""
+    u, grad = u.contiguous(), grad.to(torch.float32).contiguous()
+    grad_u = torch.empty_like(u)
+    library().tangent_to_ball_backward(_ptr(u, _F32), _ptr(grad, _F32), *u.shape, sqrt_c,
+                                       -1.0 if clip_r is None else clip_r, rho_max, _ptr(grad_u, _F32))
+    return grad_u

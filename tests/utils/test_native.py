@@ -296,6 +296,6 @@ def test_every_kernel_source_is_packaged():
     globs = tomllib.loads(pyproject.read_text())["tool"]["setuptools"]["package-data"]["pml_hyperbolic"]
     sources = [path.name for path in native._CSRC.iterdir() if path.suffix in (".c", ".h")]
     assert {"parallel.h", "fastmath.h", "ball.h", "hier_lca.c", "poincare_pdist.c", "poincare_cdist.c",
-            "reciprocal_mining.c", "relaxed_similarity.c"} <= set(sources)
+            "reciprocal_mining.c", "relaxed_similarity.c", "tangent_map.c"} <= set(sources)
     for name in sources:
         assert any(fnmatch.fnmatch(f"csrc/{name}", pattern) for pattern in globs), name
