@@ -131,22 +131,24 @@ def tangent_to_ball(u, c, clip_r=None, dim=-1):
     proxies of :class:`~pml_hyperbolic.losses.HyperbolicSoftTripleLoss` and :class:`~pml_hyperbolic.losses.HIERLoss`.
     With a constant curvature the backward is one formula, :math:`g\,s + u\,(g\cdot u)\,s'(\|u\|)/\|u\|` for the
     scale :math:`s`, instead of autograd through a dozen ops (twice differentiable either way)."""
+    # tanh rounds to 1 for large arguments: keep the projection's margin to the boundary.
     rho_max = (1 - boundary_eps(u.dtype)) * (1 - 8 * torch.finfo(u.dtype).eps)
     if isinstance(c, torch.Tensor) and c.requires_grad:
-        sqrt_c = c.to(u).sqrt()
-        norm = u.norm(dim=dim, keepdim=True).clamp_min(torch.finfo(u.dtype).tiny)
-        r = norm if clip_r is None else norm.clamp(max=clip_r)
-        # tanh rounds to 1 for large arguments: keep the projection's margin to the boundary.
-        return u * (torch.tanh(sqrt_c * r).clamp(max=rho_max) / (sqrt_c * norm))
+        return u * _tangent_norm_scale(u, c.to(u).sqrt(), clip_r, rho_max, dim)[2]
     return _TangentToBall.apply(u, math.sqrt(float(c)), clip_r, rho_max, dim)
+
+
+def _tangent_norm_scale(u, sqrt_c, clip_r, rho_max, dim):
+    """(n, t, s) of :func:`tangent_to_ball`: the row norms n = ||u|| (at least the dtype's tiny),
+    t = tanh(sqrt(c) min(n, r)) and the row scale s = min(t, rho_max) / (sqrt(c) n)."""
+    n = u.norm(dim=dim, keepdim=True).clamp_min(torch.finfo(u.dtype).tiny)
+    t = torch.tanh(sqrt_c * (n if clip_r is None else n.clamp(max=clip_r)))
+    return n, t, t.clamp(max=rho_max) / (sqrt_c * n)
 
 
 def _tangent_scale(u, sqrt_c, clip_r, rho_max, dim):
     """(s, slope) of :func:`tangent_to_ball` for a float sqrt(c): the row scale s(n), n = ||u||, and s'(n) / n."""
-    n = u.norm(dim=dim, keepdim=True).clamp_min(torch.finfo(u.dtype).tiny)
-    r = n if clip_r is None else n.clamp(max=clip_r)
-    t = torch.tanh(sqrt_c * r)
-    s = t.clamp(max=rho_max) / (sqrt_c * n)
+    n, t, s = _tangent_norm_scale(u, sqrt_c, clip_r, rho_max, dim)
     z = sqrt_c * n
     # s'(n) / n = c (1 - t^2 - s) / z^2 where rho = tanh(sqrt(c) n) (no clipping or boundary clamp), else -s / n^2;
     # for small z the difference cancels: its series is c (-2/3 + 8 z^2 / 15).
@@ -168,9 +170,7 @@ class _TangentToBall(torch.autograd.Function):
         ctx.native = u.ndim == 2 and dim in (-1, 1) and native.available(u)
         if ctx.native:
             return native.tangent_to_ball_forward(u, sqrt_c, clip_r, rho_max)
-        n = u.norm(dim=dim, keepdim=True).clamp_min(torch.finfo(u.dtype).tiny)
-        r = n if clip_r is None else n.clamp(max=clip_r)
-        return u * (torch.tanh(sqrt_c * r).clamp_(max=rho_max) / (sqrt_c * n))
+        return u * _tangent_norm_scale(u, sqrt_c, clip_r, rho_max, dim)[2]
 
     @staticmethod
     def backward(ctx, grad):
@@ -379,7 +379,6 @@ class _NativeCdist(torch.autograd.Function):
                 q[ctx.pairs] *= -1
         ctx.q_spent = True
         K, row_k, row_eq, col_ka, col_eq = native.cdist_backward(grad, q, a, b, ctx.c)
-        a, b = a.float(), b.float()
         if ctx.pairs is not None:  # close pairs: K_ij (x_i - y_j) from exact differences, not from the products
             rows, cols = ctx.pairs
             k_exact = K[rows, cols]
@@ -420,11 +419,11 @@ def cdist(x, y, c):
     out_dtype = torch.promote_types(torch.promote_types(x.dtype, y.dtype), torch.float32)
     if x.shape[0] == 0 or y.shape[0] == 0:
         return (x.sum(1, keepdim=True) + y.sum(1).unsqueeze(0)).to(out_dtype)  # empty N×M, attached to the graph
-    work = _work_dtype(out_dtype)
     constant_c = not (isinstance(c, torch.Tensor) and c.requires_grad and torch.is_grad_enabled())
-    if work == torch.float32 and constant_c and native.available(x):
+    if constant_c and native.available(x, y):
         with torch.autocast(device_type="cpu", enabled=False):
-            return _NativeCdist.apply(x.float(), y.float(), float(c)).to(out_dtype)
+            return _NativeCdist.apply(x, y, float(c))
+    work = _work_dtype(out_dtype)
     with _full_precision(x.device):
         xw, yw = x.to(work), y.to(work)
         cw = _as_c(c, xw)

@@ -32,8 +32,9 @@ typedef struct {
     const float *x, *y;
     int64_t M, D;
     float c;
-    const double *a, *b;        /* 1 / alpha_i, 1 / beta_j */
-    const float *u, *v, *bf;    /* u_i, v_j, b_j in float */
+    const double *ca;           /* forward: c / alpha_i */
+    const float *a, *b;         /* 1 / alpha_i, 1 / beta_j */
+    const float *u, *v;         /* u_i, v_j */
     float kappa, v_max;         /* A_ij <= kappa (u_i + v_max) is recomputed */
     float *d, *q;               /* forward: g in, d out (in place); q out (may be NULL); backward: q in, K out */
     int64_t count;              /* forward: flagged pairs of the job's rows */
@@ -45,13 +46,13 @@ typedef struct {
 static void *forward_rows(void *arg) {
     cdist_job_t *job = arg;
     const int64_t M = job->M, D = job->D;
-    const float c = job->c, scale = 2.0f / sqrtf(c), *restrict v = job->v, *restrict bf = job->bf;
+    const float c = job->c, scale = 2.0f / sqrtf(c), *restrict v = job->v, *restrict bf = job->b;
     float *scratch = job->q ? NULL : malloc(sizeof(float) * (size_t)(M > 0 ? M : 1));
     if (!job->q && !scratch) return (void *)1;
     for (int64_t i = job->begin; i < job->end; i++) {
         float *g = job->d + i * M; /* g in, d out */
         const float *restrict xi = job->x + i * D;
-        const float ui = job->u[i], cai = (float)(job->c * job->a[i]);
+        const float ui = job->u[i], cai = (float)job->ca[i];
         const float threshold = job->kappa * (ui + job->v_max) + 1e-19f;
         float *restrict q = job->q ? job->q + i * M : scratch;
         float smallest = INFINITY;
@@ -81,14 +82,12 @@ static void *backward_rows(void *arg) {
     const int64_t M = job->M;
     const float inv_sqrt_c = 1.0f / sqrtf(job->c);
     float *restrict col_ka = job->col_ka, *restrict col_eq = job->col_eq;
-    float *b = malloc(sizeof(float) * (size_t)(M > 0 ? M : 1));
-    if (!b) return (void *)1;
-    for (int64_t j = 0; j < M; j++) b[j] = (float)job->b[j];
+    const float *restrict b = job->b;
     for (int64_t j = 0; j < M; j++) col_ka[j] = col_eq[j] = 0.0f;
     for (int64_t i = job->begin; i < job->end; i++) {
         const float *restrict G = job->grad + i * M;
         float *restrict qk = job->q + i * M; /* q in, K out */
-        const float ai = (float)job->a[i];
+        const float ai = job->a[i];
         float row_k = 0.0f, row_eq = 0.0f;
         for (int64_t j = 0; j < M; j++) {
             const float q = fabsf(qk[j]), flagged = qk[j] < 0.0f ? 0.0f : 1.0f;
@@ -103,7 +102,6 @@ static void *backward_rows(void *arg) {
         job->row_k[i] = row_k;
         job->row_eq[i] = row_eq;
     }
-    free(b);
     return NULL;
 }
 
@@ -117,28 +115,32 @@ static int split(cdist_job_t *jobs, const cdist_job_t *proto, int64_t N, int n_t
     return n_threads;
 }
 
-/* g (N x M) is overwritten by d; writes q (N x M, or NULL) and the double vectors a (N) and b (M); returns the number
-   of flagged pairs, or -1 if out of memory. */
+/* g (N x M) is overwritten by d; writes q (N x M, or NULL) and a (N), b (M); returns the number of flagged pairs, or
+   -1 if out of memory. */
 int64_t poincare_cdist_forward(float *g, const float *x, const float *y, int64_t N, int64_t M, int64_t D, double c,
-                               double kappa, float *q, double *a, double *b, int n_threads) {
+                               double kappa, float *q, float *a, float *b, int n_threads) {
     cdist_job_t jobs[MAX_THREADS];
-    double *u = malloc(sizeof(double) * (size_t)(N + M + 1)), *v = u + N;
-    float *f = malloc(sizeof(float) * (size_t)(N + 2 * M + 1));
+    double *u = malloc(sizeof(double) * (size_t)(2 * N + 2 * M + 1)), *ad = u + N, *v = ad + N, *bd = v + M;
+    float *f = malloc(sizeof(float) * (size_t)(N + M + 1));
     if (!u || !f) {
         free(u);
         free(f);
         return -1;
     }
-    norms_and_alphas(x, N, D, c, u, a);
-    norms_and_alphas(y, M, D, c, v, b);
-    float *uf = f, *vf = f + N, *bf = f + N + M, v_max = 0.0f;
-    for (int64_t i = 0; i < N; i++) uf[i] = (float)u[i];
+    norms_and_alphas(x, N, D, c, u, ad);
+    norms_and_alphas(y, M, D, c, v, bd);
+    float *uf = f, *vf = f + N, v_max = 0.0f;
+    for (int64_t i = 0; i < N; i++) {
+        uf[i] = (float)u[i];
+        a[i] = (float)ad[i];
+        ad[i] *= (float)c; /* c / alpha_i (c as the float the kernel works with), rounded once */
+    }
     for (int64_t j = 0; j < M; j++) {
         vf[j] = (float)v[j];
-        bf[j] = (float)b[j];
+        b[j] = (float)bd[j];
         v_max = vf[j] > v_max ? vf[j] : v_max;
     }
-    cdist_job_t proto = {x, y, M, D, (float)c, a, b, uf, vf, bf, (float)kappa, v_max, g, q, 0, NULL, NULL, NULL, NULL,
+    cdist_job_t proto = {x, y, M, D, (float)c, ad, a, b, uf, vf, (float)kappa, v_max, g, q, 0, NULL, NULL, NULL, NULL,
                          NULL, 0, 0};
     int n = split(jobs, &proto, N, n_threads, 6.0); /* about 6 units per pair */
     int failed = run_jobs(forward_rows, jobs, sizeof(cdist_job_t), n);
@@ -151,10 +153,10 @@ int64_t poincare_cdist_forward(float *g, const float *x, const float *y, int64_t
 
 /* From the forward's q (N x M, overwritten by K), a and b: row_k, row_eq (N), col_ka, col_eq (M), for
    grad = dL/dd (N x M). */
-int poincare_cdist_backward(const float *grad, float *q, const double *a, const double *b, int64_t N, int64_t M,
+int poincare_cdist_backward(const float *grad, float *q, const float *a, const float *b, int64_t N, int64_t M,
                             double c, float *row_k, float *row_eq, float *col_ka, float *col_eq, int n_threads) {
     cdist_job_t jobs[MAX_THREADS];
-    cdist_job_t proto = {NULL, NULL, M, 0, (float)c, a, b, NULL, NULL, NULL, 0.0f, 0.0f, NULL, q, 0, grad, row_k,
+    cdist_job_t proto = {NULL, NULL, M, 0, (float)c, NULL, a, b, NULL, NULL, 0.0f, 0.0f, NULL, q, 0, grad, row_k,
                          row_eq, col_ka, col_eq, 0, 0};
     int n = split(jobs, &proto, N, n_threads, 4.0);
     float *partial = n > 1 ? malloc(sizeof(float) * (size_t)(2 * (n - 1) * M)) : NULL;

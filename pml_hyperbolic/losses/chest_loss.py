@@ -205,12 +205,10 @@ class CHESTLoss(BaseMetricLossFunction):
     def _add_part(self, loss_dict, prefix, part, x, labels, indices_tuple):
         """The part's loss dict (its ``forward`` without the reduction), weighted, under prefixed names."""
         weight = getattr(self, f"{prefix}_weight")
-        if prefix == "hyperbolic":  # x and labels are validated by _check_inputs
-            part_dict = part._loss_dict(x, labels, indices_tuple)
-        elif prefix == "hier":
-            part_dict = part._loss_dict(x, labels, indices_tuple, checked=True)
-        else:
+        if part is self.euclidean_loss:  # pml's SoftTripleLoss
             part_dict = part.compute_loss(x, labels, indices_tuple, x, labels)
+        else:  # ours, without re-validating what _check_inputs validated
+            part_dict = part._loss_dict(x, labels, indices_tuple)
         part.add_embedding_regularization_to_loss_dict(part_dict, x)
         for name, entry in part_dict.items():
             entry = dict(entry)

@@ -185,9 +185,9 @@ class HIERLoss(WeightMixin, BaseMetricLossFunction):
         c_f.ref_not_supported(embeddings, labels, ref_emb, ref_labels)
         c_f.labels_or_indices_tuple_required(labels, indices_tuple)
         check_embeddings(embeddings, "embeddings", dim=self.embedding_size)
-        return self._loss_dict(embeddings, labels, indices_tuple)
+        return self._loss_dict(embeddings, labels, indices_tuple, checked=False)
 
-    def _loss_dict(self, embeddings, labels, indices_tuple, checked=False):
+    def _loss_dict(self, embeddings, labels, indices_tuple, checked=True):
         """:meth:`compute_loss` after its shape checks; ``checked``: the embeddings are known to be finite ball points
         (CHESTLoss validates once for all its parts)."""
         self.cast_types(torch.promote_types(embeddings.dtype, torch.float32), embeddings.device)
@@ -217,7 +217,7 @@ class HIERLoss(WeightMixin, BaseMetricLossFunction):
             "proxy_loss": self._term(proxy_losses, proxy_collided, proxy_triplets),
         }
 
-    def _distance_matrix(self, points, checked=False):
+    def _distance_matrix(self, points, checked):
         """d(points_a, points_b), symmetric: the native kernel for small float32 CPU sets with the default distance
         (exact differences; no matrix product to cancel), else the distance's matrix, symmetrised."""
         d = self.distance

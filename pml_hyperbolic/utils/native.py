@@ -40,7 +40,6 @@ _FLAGS = ["-O3", "-std=c99", "-fPIC", "-shared", "-pthread", "-fno-math-errno", 
 # pdist is used up to this many multiply-adds (R^2 D / 2); above it the matrix-product kernel is faster.
 PDIST_MAX_WORK = 1 << 23
 _I64, _F32 = ctypes.POINTER(ctypes.c_int64), ctypes.POINTER(ctypes.c_float)
-_F64 = ctypes.POINTER(ctypes.c_double)
 
 
 def _cache_dir():
@@ -108,9 +107,9 @@ def library():
                                         _I64, _I64, _I64]
     lib.reciprocal_triplets.restype = ctypes.c_int64
     lib.poincare_cdist_forward.argtypes = [_F32, _F32, _F32, ctypes.c_int64, ctypes.c_int64, ctypes.c_int64,
-                                           ctypes.c_double, ctypes.c_double, _F32, _F64, _F64, ctypes.c_int]
+                                           ctypes.c_double, ctypes.c_double, _F32, _F32, _F32, ctypes.c_int]
     lib.poincare_cdist_forward.restype = ctypes.c_int64
-    lib.poincare_cdist_backward.argtypes = [_F32, _F32, _F64, _F64, ctypes.c_int64, ctypes.c_int64, ctypes.c_double,
+    lib.poincare_cdist_backward.argtypes = [_F32, _F32, _F32, _F32, ctypes.c_int64, ctypes.c_int64, ctypes.c_double,
                                             _F32, _F32, _F32, _F32, ctypes.c_int]
     lib.relaxed_similarity_forward.argtypes = [_F32, ctypes.c_int64, ctypes.c_int64, ctypes.c_int64, ctypes.c_float,
                                                ctypes.c_float, _F32, _F32, ctypes.c_int]
@@ -126,6 +125,11 @@ def library():
                lib.poincare_cdist_backward, lib.relaxed_similarity_forward, lib.relaxed_similarity_backward):
         fn.restype = ctypes.c_int
     return lib
+
+
+def available(*tensors):
+    """Whether the float32 kernels apply to ``tensors``: all float32 on the CPU, and the library available."""
+    return all(t.device.type == "cpu" and t.dtype == torch.float32 for t in tensors) and library() is not None
 
 
 def _ptr(t, kind):
@@ -215,22 +219,18 @@ def reciprocal_triplets(sim, labels, topk, triplets_per_anchor, exclude_self_neg
     return tuple(row[: found * t] for row in out)
 
 
-def available(*tensors):
-    """Whether the float32 kernels apply to ``tensors``: all float32 on the CPU, and the library available."""
-    return all(t.device.type == "cpu" and t.dtype == torch.float32 for t in tensors) and library() is not None
-
-
 def cdist_forward(x, y, c, kappa, need_grad):
     """(d, q, a, b, n_exact) of ``csrc/poincare_cdist.c`` for float32 CPU ``x`` (N×D), ``y`` (M×D) and a float
     curvature ``c``: d (N×M float32), q (N×M float32, negated for the pairs recomputed from exact differences; None
-    without ``need_grad``), a, b (float64 inverse conformal terms) and the number of recomputed pairs."""
+    without ``need_grad``), a, b (the inverse conformal terms 1/alpha, 1/beta, from float64) and the number of
+    recomputed pairs."""
     x, y = x.contiguous(), y.contiguous()
     n, m = x.shape[0], y.shape[0]
     d = x @ y.t()  # the products, overwritten by the distances
     q = torch.empty(n, m, dtype=torch.float32) if need_grad else None
-    a, b = torch.empty(n, dtype=torch.float64), torch.empty(m, dtype=torch.float64)
+    a, b = torch.empty(n, dtype=torch.float32), torch.empty(m, dtype=torch.float32)
     count = library().poincare_cdist_forward(_ptr(d, _F32), _ptr(x, _F32), _ptr(y, _F32), n, m, x.shape[1], c, kappa,
-                                             _ptr(q, _F32), _ptr(a, _F64), _ptr(b, _F64), torch.get_num_threads())
+                                             _ptr(q, _F32), _ptr(a, _F32), _ptr(b, _F32), torch.get_num_threads())
     _check(count < 0)
     return d, q, a, b, count
 
@@ -242,7 +242,7 @@ def cdist_backward(grad, q, a, b, c):
     n, m = q.shape
     row_k, row_eq = torch.empty(n, dtype=torch.float32), torch.empty(n, dtype=torch.float32)
     col_ka, col_eq = torch.empty(m, dtype=torch.float32), torch.empty(m, dtype=torch.float32)
-    _check(library().poincare_cdist_backward(_ptr(grad, _F32), _ptr(q, _F32), _ptr(a, _F64), _ptr(b, _F64), n, m, c,
+    _check(library().poincare_cdist_backward(_ptr(grad, _F32), _ptr(q, _F32), _ptr(a, _F32), _ptr(b, _F32), n, m, c,
                                              _ptr(row_k, _F32), _ptr(row_eq, _F32), _ptr(col_ka, _F32),
                                              _ptr(col_eq, _F32), torch.get_num_threads()))
     return q, row_k, row_eq, col_ka, col_eq
