@@ -119,14 +119,17 @@ def train_and_evaluate(make_setup, seed, epochs=30, batch_size=50, m_per_class=1
 def compare(methods, seeds=(0, 1, 2), **train_kwargs):
     """Run every ``methods[name] = (make_setup, extra_train_kwargs)`` over ``seeds``; print and return the table.
 
-    Returns {name: {space: {metric: (mean, std)}}}.
+    Returns {name: {space: {metric: (mean, std), "per_seed": {metric: [value per seed]}}}}.
     """
     table = {}
     for name, (make_setup, kw) in methods.items():
         t0 = time.time()
         runs = [train_and_evaluate(make_setup, seed, **{**train_kwargs, **kw}) for seed in seeds]
         table[name] = {
-            space: {m: (statistics.mean(r[space][m] for r in runs), statistics.pstdev(r[space][m] for r in runs)) for m in METRICS}
+            space: {
+                **{m: (statistics.mean(r[space][m] for r in runs), statistics.pstdev(r[space][m] for r in runs)) for m in METRICS},
+                "per_seed": {m: [r[space][m] for r in runs] for m in METRICS},
+            }
             for space in runs[0]
         }
         for space, res in table[name].items():
@@ -136,6 +139,18 @@ def compare(methods, seeds=(0, 1, 2), **train_kwargs):
                 flush=True,
             )
     return table
+
+
+def paired_difference(table, a, b, metric=METRICS[0]):
+    """Per-seed differences ``a - b`` of ``metric`` (each method's first space): (mean, standard error, wins of a).
+
+    Both methods see the same seeds (data order, initialisation), so the seed-to-seed spread that both share cancels:
+    this is the test that decides "at least as high", not the two means with their stds.
+    """
+    va, vb = (next(iter(table[name].values()))["per_seed"][metric] for name in (a, b))
+    diff = [x - y for x, y in zip(va, vb)]
+    se = statistics.stdev(diff) / len(diff) ** 0.5 if len(diff) > 1 else float("nan")
+    return statistics.mean(diff), se, sum(d > 0 for d in diff)
 
 
 def markdown(table):
