@@ -125,13 +125,11 @@ def compare(methods, seeds=(0, 1, 2), **train_kwargs):
     for name, (make_setup, kw) in methods.items():
         t0 = time.time()
         runs = [train_and_evaluate(make_setup, seed, **{**train_kwargs, **kw}) for seed in seeds]
-        table[name] = {
-            space: {
-                **{m: (statistics.mean(r[space][m] for r in runs), statistics.pstdev(r[space][m] for r in runs)) for m in METRICS},
-                "per_seed": {m: [r[space][m] for r in runs] for m in METRICS},
-            }
-            for space in runs[0]
-        }
+        table[name] = {}
+        for space in runs[0]:
+            per_seed = {m: [r[space][m] for r in runs] for m in METRICS}
+            stats = {m: (statistics.mean(v), statistics.pstdev(v)) for m, v in per_seed.items()}
+            table[name][space] = {**stats, "per_seed": per_seed}
         for space, res in table[name].items():
             print(
                 f"{name:40s} {space:12s} MAP@R {100 * res[METRICS[0]][0]:5.2f} ± {100 * res[METRICS[0]][1]:4.2f}   "
