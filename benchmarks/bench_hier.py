@@ -22,7 +22,7 @@ from bench_utils import device_parser, peak_memory_mb, print_table, time_ms
 
 from pml_hyperbolic.layers import ToPoincare
 from pml_hyperbolic.losses import HIERLoss
-from pml_hyperbolic.utils import native
+from pml_hyperbolic.backends import native
 
 B, P, C, CLIP, TOPK, T_PER_ANCHOR = 180, 512, 0.1, 2.3, 20, 50
 

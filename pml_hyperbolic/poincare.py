@@ -23,7 +23,7 @@ import math
 
 import torch
 
-from .utils import native
+from .backends import native
 
 __all__ = [
     "boundary_eps",

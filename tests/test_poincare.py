@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from pml_hyperbolic import poincare
-from pml_hyperbolic.utils import native
+from pml_hyperbolic.backends import native
 
 C = 0.1
 R = 1 / math.sqrt(C)  # ball radius

@@ -10,7 +10,7 @@ from ..distances import PoincareDistance
 from ..layers import ToPoincare
 from ..miners import ReciprocalTripletMiner
 from ..utils.checks import check_curvature, check_embeddings
-from ..utils import native
+from ..backends import native
 from ..utils.random import counter_uniform
 
 # Rows × candidates per step of the LCA function (each step stacks the pair and triplet blocks: twice this).
@@ -55,7 +55,7 @@ class HIERLoss(WeightMixin, BaseMetricLossFunction):
     * The (B+P)×(B+P) distance matrix comes from one call of the matrix-product kernel (the official code builds a
       (B+P)×(B+P)×D tensor) and is symmetrised, (D + Dᵀ)/2, so that the tie between a pair's own members is exact.
       Both terms go through one LCA pass with a hand-written backward, and the sampling is vectorised. On CPU in
-      float32 the small-batch step runs in C kernels (:mod:`pml_hyperbolic.utils.native`, built at first use): the
+      float32 the small-batch step runs in C kernels (:mod:`pml_hyperbolic.backends.native`, built at first use): the
       distance matrix from exact differences (exactly symmetric; when it is at most
       ``native.PDIST_MAX_WORK`` multiply-adds and ``distance`` is a plain ``PoincareDistance``), the mining, and the
       LCA pass with its hinges (it recomputes the soft samples in the backward instead of storing them). Elsewhere,
@@ -327,7 +327,7 @@ class _TripletLCAHinge(torch.autograd.Function):
 
     ``noise``: None (argmax LCAs), uniforms (2, T, P), or the int key of ``counter_uniform(key, (2, T, P))``
     (computed chunk by chunk, or in place by the kernel). With ``use_native`` the LCA selection and its backward run
-    in the C kernel of :mod:`pml_hyperbolic.utils.native`, which recomputes the soft samples in the backward;
+    in the C kernel of :mod:`pml_hyperbolic.backends.native`, which recomputes the soft samples in the backward;
     otherwise in torch ops, in row chunks, keeping the soft samples (2·T·P floats).
 
     Backward: the hard samples' values give the direct gradient ±e at the selected columns (e: the weights of the

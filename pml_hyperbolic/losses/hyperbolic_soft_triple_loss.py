@@ -9,7 +9,7 @@ from pytorch_metric_learning.utils import loss_and_miner_utils as lmu
 
 from .. import poincare
 from ..distances import PoincareDistance
-from ..utils import native
+from ..backends import native
 from ..utils.checks import check_curvature, check_embeddings, check_in_ball
 
 
@@ -247,7 +247,7 @@ class _RelaxedSimilarity(torch.autograd.Function):
     Backward in two passes over (B, K, C), from
     :math:`\partial S/\partial m_k = p_k\,(\sigma(1 - S/\gamma) + m_k/\gamma)` (autograd through the softmax and
     the weighted sum takes about seven). On the CPU in float32 both passes run in C
-    (``csrc/relaxed_similarity.c``, :mod:`pml_hyperbolic.utils.native`).
+    (``csrc/relaxed_similarity.c``, :mod:`pml_hyperbolic.backends.native`).
     """
 
     @staticmethod

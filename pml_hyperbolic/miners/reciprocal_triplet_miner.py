@@ -2,7 +2,7 @@ import torch
 from pytorch_metric_learning.miners import BaseMiner
 
 from ..distances import PoincareDistance
-from ..utils import native
+from ..backends import native
 from ..utils.checks import check_embeddings
 
 
@@ -25,7 +25,7 @@ class ReciprocalTripletMiner(BaseMiner):
     priority (same label first, then by similarity, ties to the lower index), which is the same ranking without the
     ties of ``exp`` underflow; the point itself always counts as one of its ``topk``. When ``topk`` is at least the
     number of points, every pair is mutual and no anchor has a negative: nothing is mined. On CPU in float32 the
-    mining runs in a C kernel (:mod:`pml_hyperbolic.utils.native`); elsewhere in torch ops, with the same results.
+    mining runs in a C kernel (:mod:`pml_hyperbolic.backends.native`); elsewhere in torch ops, with the same results.
 
     Differences from the official code (``hier/losses.py::get_reciprocal_triplets``): fully vectorised (no Python loop
     over anchors, one host sync per call), no crash or wrong indices for small batches (the official code needs

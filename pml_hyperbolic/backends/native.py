@@ -33,7 +33,7 @@ from pathlib import Path
 
 import torch
 
-_CSRC = Path(__file__).resolve().parent.parent / "csrc"
+_CSRC = Path(__file__).resolve().parent / "csrc"
 # Reassociation lets the compiler vectorise the row reductions; nothing here needs errno, traps or signed zeros.
 _FLAGS = ["-O3", "-std=c99", "-fPIC", "-shared", "-pthread", "-fno-math-errno", "-fno-trapping-math",
           "-fno-signed-zeros", "-fassociative-math", "-ffinite-math-only"]

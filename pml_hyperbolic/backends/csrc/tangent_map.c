@@ -1,7 +1,7 @@
 /* The map of tangent vectors at the origin into the Poincaré ball (float32, CPU) and its backward: ToPoincare and the
    proxies of HyperbolicSoftTripleLoss and HIERLoss, pml_hyperbolic.poincare.tangent_to_ball.
 
-   Compiled at first use by pml_hyperbolic/utils/native.py and called through ctypes; the torch formula it replaces
+   Compiled at first use by pml_hyperbolic/backends/native.py and called through ctypes; the torch formula it replaces
    (and is tested against) is _tangent_scale in pml_hyperbolic/poincare.py. For each row u (length D), n = ||u||:
 
        out = s(n) u,   s(n) = min(tanh(sqrt c min(n, r)), rho_max) / (sqrt c n)      (r = clip_r, r < 0: no clipping)

@@ -1,6 +1,6 @@
 /* The element-wise part of Poincaré distances between two point sets (float32, CPU), around torch's matrix products.
 
-   Compiled at first use by pml_hyperbolic/utils/native.py and called through ctypes by pml_hyperbolic.poincare.cdist,
+   Compiled at first use by pml_hyperbolic/backends/native.py and called through ctypes by pml_hyperbolic.poincare.cdist,
    whose torch kernel (_PoincareCdist) computes the same and is the reference in the tests. For x_i (N x D),
    y_j (M x D), curvature c and the product g_ij = x_i . y_j (computed by torch):
 

@@ -1,6 +1,6 @@
 /* Triplets from mutual nearest neighbours (HIER's mining) on a float32 similarity matrix, CPU.
 
-   Compiled at first use by pml_hyperbolic/utils/native.py and called through ctypes; the torch implementation it
+   Compiled at first use by pml_hyperbolic/backends/native.py and called through ctypes; the torch implementation it
    replaces (and is tested against) is ReciprocalTripletMiner.mine_similarity. For an n x n similarity S (larger =
    closer, row-major) and optional labels:
 

@@ -1,6 +1,6 @@
 /* SoftTriple's relaxed class similarity (float32, CPU): HyperbolicSoftTripleLoss's softmax over each class's proxies.
 
-   Compiled at first use by pml_hyperbolic/utils/native.py and called through ctypes; the torch implementation it
+   Compiled at first use by pml_hyperbolic/backends/native.py and called through ctypes; the torch implementation it
    replaces (and is tested against) is _RelaxedSimilarity in pml_hyperbolic/losses/hyperbolic_soft_triple_loss.py.
    For the block m (R x K x C, row-major: row i, proxy k, class c), sign sigma (+1 similarities, -1 distances) and
    temperature gamma:

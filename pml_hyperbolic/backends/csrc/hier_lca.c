@@ -1,6 +1,6 @@
 /* HIER's LCA selection (hard Gumbel-softmax with straight-through gradient), fused over rows, for float32 on CPU.
 
-   Compiled at first use by pml_hyperbolic/utils/native.py and called through ctypes; the torch implementation it
+   Compiled at first use by pml_hyperbolic/backends/native.py and called through ctypes; the torch implementation it
    replaces (and is tested against) is _TripletLCAHinge in pml_hyperbolic/losses/hier_loss.py. Notation as there:
    s (R x P, row-major) is the distance block divided by tau; a triplet t = (i, j, k) has
 

@@ -1,6 +1,6 @@
 /* Poincaré distances within one small point set (float32, CPU) and their backward: HIERLoss's distance matrix.
 
-   Compiled at first use by pml_hyperbolic/utils/native.py and called through ctypes; tested against float64
+   Compiled at first use by pml_hyperbolic/backends/native.py and called through ctypes; tested against float64
    references and the torch kernel pml_hyperbolic.poincare.cdist. For the rows x_1..x_R of X (R x D) and curvature c:
 
        d_ij = (2 / sqrt c) asinh(sqrt q_ij),   q_ij = c A_ij a_i a_j,   A_ij = ||x_i - x_j||^2,   a_i = 1 / (1 - c ||x_i||^2)
