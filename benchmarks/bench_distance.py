@@ -1,92 +1,117 @@
-"""PoincareDistance vs torch.cdist (Euclidean, default mode) vs geoopt's broadcast Poincaré dist.
+"""PoincareDistance (pml_hyperbolic.poincare.cdist) against torch.cdist, for four distributions of the points.
 
-Forward + backward of the full N×M matrix (upstream gradient of ones), minimum time over interleaved repeats, peak
-extra memory in a forked child, and the max relative error of each Poincaré method against a float64 reference
-(for d >= 1e-3) on the same inputs. Inputs are ToPoincare outputs (c = 0.1, clip_r = 2.3) of random features, with
-a fraction of near-duplicate pairs (d ~ 1e-3 ... 1e-1) so that accuracy on close pairs is part of the test.
+Forward + backward of the full N×M matrix with a random upstream gradient, both methods timed in this process
+(interleaved repeats, minimum time; on CUDA after synchronisation), and the max relative error of the Poincaré
+distances against a float64 reference from exact differences (d >= 1e-3, on a subset of rows). The distributions
+look like real embeddings and include the hard cases:
 
-    python benchmarks/bench_distance.py            # both sizes from the issue
-    python benchmarks/bench_distance.py --quick    # small sizes
-    python benchmarks/bench_distance.py --device cuda
+* ``sphere``: every point at 0.62 of the ball's radius (what ToPoincare's clipping produces);
+* ``spread``: radii uniform in [0, 0.95 R] (what a hierarchy looks like in the ball);
+* ``clustered``: spread radii, points in tight clusters shared by x and y (>= 1 % of pairs at d < 0.01);
+* ``boundary``: every point at 0.999 R.
+
+    python benchmarks/bench_distance.py                 # the CPU sizes (2 threads)
+    python benchmarks/bench_distance.py --quick         # small sizes, under a minute on 2 cores
+    python benchmarks/bench_distance.py --device cuda   # the GPU sizes
 """
 
 import math
+import platform
 
-import geoopt
 import torch
-from bench_utils import device_parser, peak_memory_mb, print_table, time_ms
+from bench_utils import device_parser, peak_memory_mb, time_ms
 
-from pml_hyperbolic.distances import PoincareDistance
-from pml_hyperbolic.layers import ToPoincare
+from pml_hyperbolic import backends, poincare
 
 C = 0.1
+R = 1 / math.sqrt(C)
+KINDS = ("sphere", "spread", "clustered", "boundary")
+SIZES = {
+    "cpu": [(512, 2000, 128), (180, 20000, 128), (512, 2000, 384)],
+    "quick": [(256, 1000, 128), (64, 4000, 64)],
+    "cuda": [(4096, 113180, 128), (8192, 60000, 384), (512, 2000, 384), (180, 20000, 128)],
+}
 
 
-def make_inputs(n, m, dim, gen):
-    to_ball = ToPoincare(c=C, clip_r=2.3)
-    x = to_ball(torch.randn(n, dim, generator=gen) * 0.3)
-    y = to_ball(torch.randn(m, dim, generator=gen) * 0.3)
-    k = min(n, m) // 4  # near duplicates: y[:k] = x[:k] + small offsets
-    scale = torch.logspace(-4, -2, k).unsqueeze(1)
-    y[:k] = x[:k] + scale * torch.randn(k, dim, generator=gen) / math.sqrt(dim)
-    return x, y
+def _directions(n, dim, gen, device):
+    v = torch.randn(n, dim, generator=gen, device=device)
+    return v / v.norm(dim=1, keepdim=True)
 
 
-def ref_dist64(x, y, block=256):
-    """float64 arcosh form from exact differences, in row blocks."""
-    out = []
+def make_points(kind, n, m, dim, gen, device):
+    """x (n×dim), y (m×dim) float32 ball points of curvature C with the distribution ``kind``."""
+    if kind == "clustered":
+        centres = make_points("spread", 50, 0, dim, gen, device)[0] * 0.97  # 50 clusters: 2 % of pairs share one
+        pick = torch.randint(50, (n + m,), generator=gen, device=device)
+        lam = 2 / (1 - C * centres[pick].pow(2).sum(1, keepdim=True))  # d ~ lam ||offset|| for close points
+        offset = _directions(n + m, dim, gen, device) * (0.003 / lam) * torch.rand(n + m, 1, generator=gen, device=device)
+        points = centres[pick] + offset
+    else:
+        radius = {"sphere": 0.62, "boundary": 0.999}.get(kind)
+        if radius is None:
+            r = 0.95 * torch.rand(n + m, 1, generator=gen, device=device)
+        else:
+            r = torch.full((n + m, 1), radius, device=device)
+        points = _directions(n + m, dim, gen, device) * r * R
+    points = poincare.project(points, C)
+    return points[:n].contiguous(), points[n:].contiguous()
+
+
+def reference(x, y):
+    """float64 distances from exact differences (x: a few rows)."""
     x, y = x.double(), y.double()
-    beta = 1 - C * (y * y).sum(1)
-    for s in range(0, len(x), block):
-        xb = x[s : s + block]
-        A = torch.cdist(xb, y, compute_mode="donot_use_mm_for_euclid_dist") ** 2
-        t = 2 * C * A / ((1 - C * (xb * xb).sum(1))[:, None] * beta[None, :])
-        out.append(torch.log1p(t + torch.sqrt(t * (t + 2))) / math.sqrt(C))
-    return torch.cat(out)
+    A = torch.cdist(x, y, compute_mode="donot_use_mm_for_euclid_dist").square()
+    q = C * A / ((1 - C * x.pow(2).sum(1))[:, None] * (1 - C * y.pow(2).sum(1))[None, :])
+    return 2 / math.sqrt(C) * torch.asinh(q.sqrt())
 
 
-def max_rel_err(d, ref):
-    mask = ref >= 1e-3
-    return ((d.double() - ref).abs() / ref)[mask].max().item()
+def max_rel_err(x, y, rows=64):
+    with torch.no_grad():
+        d, ref = poincare.cdist(x[:rows], y, C).double(), reference(x[:rows], y)
+    keep = ref >= 1e-3
+    return ((d - ref).abs() / ref)[keep].max().item(), (ref < 0.01).double().mean().item()
 
 
-def fwd_bwd(fn, x, y):
+def fwd_bwd(fn, x, y, grad):
     def run():
         xg, yg = x.detach().requires_grad_(), y.detach().requires_grad_()
-        fn(xg, yg).sum().backward()
+        fn(xg, yg).backward(grad)
 
     return run
 
 
 def main():
     parser = device_parser()
-    parser.add_argument("--quick", action="store_true")
-    parser.add_argument("--repeats", type=int, default=10)
+    parser.add_argument("--quick", action="store_true", help="small sizes, 3 repeats (under a minute on 2 CPU cores)")
+    parser.add_argument("--repeats", type=int, default=None, help="timed repeats per method (default 10, quick 3)")
+    parser.add_argument("--memory", action="store_true", help="also measure peak extra memory (slower)")
     args = parser.parse_args()
     device = args.device
     torch.set_num_threads(2)
-    sizes = [(128, 500, 64), (64, 2000, 32)] if args.quick else [(512, 2000, 384), (180, 20000, 128)]
-    ball = geoopt.PoincareBall(c=C)
-    methods = {
-        "torch.cdist (Euclidean, default)": lambda x, y: torch.cdist(x, y),
-        "PoincareDistance (pml_hyperbolic)": PoincareDistance(c=C),
-        "geoopt PoincareBall.dist (broadcast)": lambda x, y: ball.dist(x[:, None, :], y[None, :, :]),
-    }
-    gen = torch.Generator().manual_seed(0)
+    repeats = args.repeats or (3 if args.quick else 10)
+    sizes = SIZES["quick" if args.quick else device.type]
+    methods = {"torch.cdist": lambda x, y: torch.cdist(x, y), "PoincareDistance": lambda x, y: poincare.cdist(x, y, C)}
+    name = torch.cuda.get_device_name(device) if device.type == "cuda" else platform.processor() or "CPU"
+    print(f"# {name}, torch {torch.__version__}, {torch.get_num_threads()} threads; PoincareDistance backend: "
+          f"{backends.select(torch.empty(1, device=device))}; forward + backward, float32")
+    print("| N × M × D | points | pairs d < 0.01 | torch.cdist (ms) | PoincareDistance (ms) | ratio | max rel. error |"
+          + (" peak MB (cdist / ours) |" if args.memory else ""))
+    print("|---|---|---:|---:|---:|---:|---:|" + ("---:|" if args.memory else ""))
+    gen = torch.Generator(device=device).manual_seed(0)
     for n, m, dim in sizes:
-        x, y = (t.to(device) for t in make_inputs(n, m, dim, gen))
-        print(f"\n== N x M x D = {n} x {m} x {dim}, float32, forward + backward, {device} ==")
-        times = time_ms({name: fwd_bwd(fn, x, y) for name, fn in methods.items()}, repeats=args.repeats, device=device)
-        rows = {name: (times[name], peak_memory_mb(fwd_bwd(fn, x, y), device)) for name, fn in methods.items()}
-        print_table(rows, baseline="torch.cdist (Euclidean, default)")
-        ref = ref_dist64(x, y)
-        with torch.no_grad():
-            for name in ["PoincareDistance (pml_hyperbolic)", "geoopt PoincareBall.dist (broadcast)"]:
-                print(f"max relative error vs float64, d >= 1e-3: {name:40s} {max_rel_err(methods[name](x, y), ref):.2e}")
-            naive = torch.cdist(x, y) ** 2  # the plain float32 GEMM form, for comparison
-            t = 2 * C * naive / ((1 - C * (x * x).sum(1))[:, None] * (1 - C * (y * y).sum(1))[None, :])
-            naive_d = torch.acosh(1 + t) / math.sqrt(C)
-            print(f"max relative error vs float64, d >= 1e-3: {'naive float32 GEMM + arcosh':40s} {max_rel_err(naive_d, ref):.2e}")
+        for kind in KINDS:
+            x, y = make_points(kind, n, m, dim, gen, device)
+            grad = torch.rand(n, m, generator=gen, device=device)
+            runs = {label: fwd_bwd(fn, x, y, grad) for label, fn in methods.items()}
+            t = time_ms(runs, repeats=repeats, warmup=1 if args.quick else 2, device=device)
+            err, close = max_rel_err(x, y)
+            row = (f"| {n} × {m} × {dim} | {kind} | {100 * close:.1f} % | {t['torch.cdist']:.2f} | "
+                   f"{t['PoincareDistance']:.2f} | {t['PoincareDistance'] / t['torch.cdist']:.2f} | {err:.1e} |")
+            if args.memory:
+                mem = [peak_memory_mb(run, device) for run in runs.values()]
+                row += f" {mem[0]:.0f} / {mem[1]:.0f} |"
+            print(row, flush=True)
+            del x, y, grad, runs
 
 
 if __name__ == "__main__":

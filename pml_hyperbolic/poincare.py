@@ -23,7 +23,8 @@ import math
 
 import torch
 
-from .backends import native
+from . import backends
+from .backends import native, triton_cdist
 
 __all__ = [
     "boundary_eps",
@@ -65,17 +66,9 @@ def _work_dtype(dtype):
 
 @contextlib.contextmanager
 def _full_precision(device):
-    """Disable autocast and TF32 matmuls: the hyperbolic math needs true float32 products."""
-    cuda = device.type == "cuda"
-    tf32 = torch.backends.cuda.matmul.allow_tf32 if cuda else None
-    if cuda:
-        torch.backends.cuda.matmul.allow_tf32 = False
-    try:
-        with torch.autocast(device_type=device.type, enabled=False):
-            yield
-    finally:
-        if cuda:
-            torch.backends.cuda.matmul.allow_tf32 = tf32
+    """Autocast off and IEEE float32 matrix products: the hyperbolic math needs true float32 products."""
+    with torch.autocast(device_type=device.type, enabled=False), backends.ieee_matmul(device.type):
+        yield
 
 
 def boundary_eps(dtype):
@@ -167,7 +160,7 @@ class _TangentToBall(torch.autograd.Function):
     def forward(ctx, u, sqrt_c, clip_r, rho_max, dim):
         ctx.save_for_backward(u)
         ctx.args = (sqrt_c, clip_r, rho_max, dim)
-        ctx.native = u.ndim == 2 and dim in (-1, 1) and native.available(u)
+        ctx.native = u.ndim == 2 and dim in (-1, 1) and backends.select(u, kernels=("native",)) == "native"
         if ctx.native:
             return native.tangent_to_ball_forward(u, sqrt_c, clip_r, rho_max)
         return u * _tangent_norm_scale(u, sqrt_c, clip_r, rho_max, dim)[2]
@@ -235,24 +228,6 @@ def dist(x, y, c, dim=-1, keepdim=False):
     return d.to(out_dtype)
 
 
-def _where_at_most(z, thr, block=64):
-    """Indices (rows, cols) of the entries ``z[i, j] <= thr[i]`` of the 2-D tensor ``z``.
-
-    Block minima along each row (a fast reduction) rule out most of the matrix; only blocks holding a candidate
-    are compared element-wise. Falls back to a full scan when candidates are dense.
-    """
-    n, m = z.shape
-    m0 = m - m % block
-    blocks = (z[:, :m0].reshape(n, m0 // block, block).amin(2) <= thr.unsqueeze(1)).nonzero()
-    if blocks.shape[0] * block * 4 > n * m:
-        return (z <= thr.unsqueeze(1)).nonzero(as_tuple=True)
-    rows = blocks[:, :1].expand(-1, block).reshape(-1)
-    cols = (blocks[:, 1:] * block + torch.arange(block, device=z.device)).reshape(-1)
-    hit = z[rows, cols] <= thr[rows]
-    tail_rows, tail_cols = (z[:, m0:] <= thr.unsqueeze(1)).nonzero(as_tuple=True)
-    return torch.cat([rows[hit], tail_rows]), torch.cat([cols[hit], tail_cols + m0])
-
-
 def _exact_sq_dists(x, y, rows, cols):
     """||x[rows] - y[cols]||^2 from exact differences, in chunks of bounded size."""
     out = torch.empty(rows.numel(), dtype=x.dtype, device=x.device)
@@ -279,7 +254,7 @@ class _PoincareCdist(torch.autograd.Function):
     inverse conformal terms 1/alpha, 1/beta (computed in float64 by the caller).
 
     Forward: ``Z_ij = c a_i A_ij = c a_i (u_i + v_j - 2 x_i.y_j)`` is one GEMM plus a rank-1 update, then
-    ``q = b_j Z_ij = c A / (alpha beta)``. Where ``Z_ij <= c a_i kappa (u_i + max v)`` the product may have cancelled
+    ``q = b_j Z_ij = c A / (alpha beta)``. Where ``A_ij <= kappa (u_i + v_j)`` the product may have cancelled
     (close pairs): those pairs are recomputed from exact differences. The distance uses
     ``asinh(s) = log1p(2 s (s + r)) / 2`` (s = sqrt(q), r = sqrt(1 + q)), so the only extra N×M buffer is
     ``w = sqrt(2) s r``, which is all the backward needs.
@@ -294,8 +269,12 @@ class _PoincareCdist(torch.autograd.Function):
         ca = c * a
         z = torch.addmm((ca * u).unsqueeze(1), x * (-2 * ca).unsqueeze(1), y.t())
         z.addr_(ca, v)  # z = c a_i (u_i + v_j - 2 x_i.y_j)
-        threshold = ca * (_CANCELLATION_KAPPA[x.dtype] * (u + v.max()) + torch.finfo(x.dtype).tiny ** 0.5)
-        rows, cols = _where_at_most(z, threshold)
+        # per pair: the product's rounding error is a few ulps of u_i + v_j (see backends.triton_cdist)
+        kappa = _CANCELLATION_KAPPA[x.dtype]
+        threshold = torch.addr((ca * (kappa * u + torch.finfo(x.dtype).tiny ** 0.5)).unsqueeze(1).expand_as(z),
+                               ca, v, alpha=kappa)
+        rows, cols = (z <= threshold).nonzero(as_tuple=True)
+        del threshold
         q2 = z.mul_((2 * b).unsqueeze(0))  # 2q = 2c A / (alpha beta), in place
         q_exact = None
         if rows.numel():
@@ -378,6 +357,11 @@ class _NativeCdist(torch.autograd.Function):
             if ctx.pairs is not None:
                 q[ctx.pairs] *= -1
         ctx.q_spent = True
+        with backends.ieee_matmul("cpu"):
+            return _NativeCdist._grads(ctx, x, y, q, a, b, grad)
+
+    @staticmethod
+    def _grads(ctx, x, y, q, a, b, grad):
         K, row_k, row_eq, col_ka, col_eq = native.cdist_backward(grad, q, a, b, ctx.c)
         if ctx.pairs is not None:  # close pairs: K_ij (x_i - y_j) from exact differences, not from the products
             rows, cols = ctx.pairs
@@ -419,13 +403,15 @@ def cdist(x, y, c):
     out_dtype = torch.promote_types(torch.promote_types(x.dtype, y.dtype), torch.float32)
     if x.shape[0] == 0 or y.shape[0] == 0:
         return (x.sum(1, keepdim=True) + y.sum(1).unsqueeze(0)).to(out_dtype)  # empty N×M, attached to the graph
-    constant_c = not (isinstance(c, torch.Tensor) and c.requires_grad and torch.is_grad_enabled())
-    if constant_c and native.available(x, y):
-        with torch.autocast(device_type="cpu", enabled=False):
-            return _NativeCdist.apply(x, y, float(c))
     work = _work_dtype(out_dtype)
+    constant_c = not isinstance(c, torch.Tensor) or (c.device.type == "cpu" and not c.requires_grad)
     with _full_precision(x.device):
         xw, yw = x.to(work), y.to(work)
+        kind = backends.select(xw, yw) if constant_c else "torch"
+        if kind == "triton":
+            return triton_cdist.cdist(xw, yw, float(c))
+        if kind == "native":
+            return _NativeCdist.apply(xw, yw, float(c))
         cw = _as_c(c, xw)
         with torch.no_grad():
             # 1/alpha in float64 from the exact curvature (a float c is not rounded to float32 here)

@@ -6,7 +6,7 @@ import geoopt
 import pytest
 import torch
 
-from pml_hyperbolic import poincare
+from pml_hyperbolic import backends, poincare
 from pml_hyperbolic.backends import native
 
 C = 0.1
@@ -45,24 +45,36 @@ def near_pairs(n, dim, radius_frac, target_d, gen):
     return x, y
 
 
-@pytest.fixture(params=["native", "torch"])
-def path(request, monkeypatch):
-    """Float32 CPU cdist with a constant curvature runs in the C kernel; "torch" forces the torch kernel."""
-    if request.param == "native" and native.library() is None:
+PATHS = [("cpu", "native"), ("cpu", "torch"), ("cpu", "triton")]
+if torch.cuda.is_available():
+    PATHS += [("cuda", "triton"), ("cuda", "torch")]
+
+
+@pytest.fixture(params=PATHS, ids=["-".join(p) for p in PATHS])
+def path(request):
+    """(device, backend) of cdist: float32 with a constant curvature runs the C kernel on CPU and the Triton kernels
+    on CUDA (on CPU in Triton's interpreter when the tests run without a GPU); "torch" forces the torch kernel."""
+    device, backend = request.param
+    if backend == "native" and native.library() is None:
         pytest.skip("no C compiler: the native kernels are not available")
-    if request.param == "torch":
-        monkeypatch.setattr(native, "available", lambda *tensors: False)
-    return request.param
+    if device == "cpu" and backend == "triton" and not backends.triton_interpreted():
+        pytest.skip("Triton kernels run on CPU tensors only in Triton's interpreter (TRITON_INTERPRET=1)")
+    with backends.use(backend):
+        assert backends.select(torch.empty(1, device=device)) == backend
+        yield torch.device(device)
 
 
 @pytest.mark.parametrize("dim", [2, 16, 128, 1024])
 @pytest.mark.parametrize("radius_frac", [0.0, 0.3, 0.62, 0.95, 0.999])
 def test_cdist_float32_relative_error_near_pairs(dim, radius_frac, path):
+    interpreted = path.type == "cpu" and backends.get_backend() == "triton"
+    if interpreted and dim > 128:
+        pytest.skip("slow in Triton's interpreter; this case runs on CUDA")
     gen = torch.Generator().manual_seed(dim)
     for target in [1e-3, 1e-2, 1e-1, 1.0]:
-        x, y = near_pairs(48, dim, radius_frac, target, gen)
+        x, y = near_pairs(12 if interpreted else 48, dim, radius_frac, target, gen)
         x32, y32 = x.float(), y.float()
-        d = poincare.cdist(x32, y32, C)
+        d = poincare.cdist(x32.to(path), y32.to(path), C).cpu()
         ref = plain_dist64(x32, y32)  # reference on the float32 inputs themselves
         mask = ref >= 1e-3
         rel = ((d.double() - ref).abs() / ref)[mask]
@@ -76,7 +88,7 @@ def test_cdist_far_pairs_and_float64(radius_frac, path):
     x = sphere(40, 64, radius_frac, gen)
     y = torch.cat([-x[:20], sphere(30, 64, radius_frac, gen)])  # antipodal (largest distances) and random
     for dtype, tol in [(torch.float32, 1e-5), (torch.float64, 1e-10)]:
-        d = poincare.cdist(x.to(dtype), y.to(dtype), C)
+        d = poincare.cdist(x.to(path, dtype), y.to(path, dtype), C).cpu()
         ref = plain_dist64(x.to(dtype), y.to(dtype))
         assert d.dtype == dtype
         assert ((d.double() - ref).abs() / ref).max() <= tol
@@ -93,11 +105,11 @@ def test_cdist_agrees_with_geoopt_in_the_interior():
 def test_self_distance_is_exactly_zero_with_zero_gradient(path):
     gen = torch.Generator().manual_seed(2)
     x = torch.cat([sphere(30, 32, 0.62, gen), sphere(30, 32, 0.999, gen), torch.zeros(1, 32, dtype=torch.float64)]).float()
-    x = torch.cat([x, x[:5]])  # duplicated rows at other indices are identical points too
+    x = torch.cat([x, x[:5]]).to(path)  # duplicated rows at other indices are identical points too
     x.requires_grad_(True)
     d = poincare.cdist(x, x, C)
-    assert torch.equal(d.diagonal(), torch.zeros(len(x)))
-    assert torch.equal(d[-5:, :5].diagonal(), torch.zeros(5))
+    assert torch.equal(d.diagonal(), torch.zeros(len(x), device=path))
+    assert torch.equal(d[-5:, :5].diagonal(), torch.zeros(5, device=path))
     # gradient of the self-distances alone is exactly zero, never NaN
     d.diagonal().sum().backward()
     assert torch.equal(x.grad, torch.zeros_like(x))
@@ -106,12 +118,12 @@ def test_self_distance_is_exactly_zero_with_zero_gradient(path):
 def test_masked_self_distance_does_not_poison_gradients(path):
     """The classic NaN trap: distances masked *after* computation (0 * inf = NaN)."""
     gen = torch.Generator().manual_seed(3)
-    x = sphere(16, 8, 0.62, gen).float().requires_grad_(True)
+    x = sphere(16, 8, 0.62, gen).float().to(path).requires_grad_(True)
     d = poincare.cdist(x, x, C)
-    logits = (-d / 0.2).masked_fill(torch.eye(16, dtype=torch.bool), -1e9)
-    torch.nn.functional.cross_entropy(logits, torch.arange(16).roll(1)).backward()
+    logits = (-d / 0.2).masked_fill(torch.eye(16, dtype=torch.bool, device=path), -1e9)
+    torch.nn.functional.cross_entropy(logits, torch.arange(16, device=path).roll(1)).backward()
     assert torch.isfinite(x.grad).all()
-    y = torch.randn(5, 8, requires_grad=True)
+    y = torch.randn(5, 8, device=path, requires_grad=True)
     z = poincare.expmap0(y, C)
     poincare.cdist(z, z, C).sum().backward()
     assert torch.isfinite(y.grad).all()
@@ -128,16 +140,16 @@ def test_cdist_gradients_match_float64_reference(radius_frac, learnable_c, path)
     y[9] = x[9]
     G = torch.randn(20, 20, generator=gen, dtype=torch.float64)
 
-    xs, ys = x.float().requires_grad_(), y.float().requires_grad_()
-    cs = torch.tensor(C, requires_grad=True) if learnable_c else C
-    (poincare.cdist(xs, ys, cs) * G.float()).sum().backward()
+    xs, ys = x.float().to(path).requires_grad_(), y.float().to(path).requires_grad_()
+    cs = torch.tensor(C, device=path, requires_grad=True) if learnable_c else C
+    (poincare.cdist(xs, ys, cs) * G.float().to(path)).sum().backward()
     xr, yr = xs.detach().double().requires_grad_(), ys.detach().double().requires_grad_()
     cr = torch.tensor(C, dtype=torch.float64, requires_grad=True)
     d = plain_dist64(xr, yr, cr)
     (torch.where(d > 0, d, 0) * G).sum().backward()  # d(x, x) = 0 passes no gradient
     pairs = [(xs.grad, xr.grad), (ys.grad, yr.grad)] + ([(cs.grad, cr.grad)] if learnable_c else [])
     for got, ref in pairs:
-        assert ((got.double() - ref).norm() / ref.norm()) <= 1e-5
+        assert ((got.cpu().double() - ref).norm() / ref.norm()) <= 1e-5
 
 
 def test_gradcheck_float64_including_curvature():
@@ -154,8 +166,8 @@ def test_gradcheck_float64_including_curvature():
 
 def test_second_backward_through_retained_graph(path):
     gen = torch.Generator().manual_seed(6)
-    x = sphere(10, 8, 0.6, gen).float().requires_grad_()
-    y = sphere(12, 8, 0.8, gen).float()
+    x = sphere(10, 8, 0.6, gen).float().to(path).requires_grad_()
+    y = sphere(12, 8, 0.8, gen).float().to(path)
     d = poincare.cdist(x, y, C)
     d.sum().backward(retain_graph=True)
     g1 = x.grad.clone()

@@ -14,7 +14,7 @@ def _chordal_sq(x, y):
     (where the product cancels) taken from exact differences, values and gradients."""
     z = (2 - 2 * (x @ y.t())).float().clamp_min(0)
     with torch.no_grad():
-        rows, cols = poincare._where_at_most(z, z.new_full((len(z),), _CLOSE_SQ))
+        rows, cols = (z <= _CLOSE_SQ).nonzero(as_tuple=True)
     if torch.is_grad_enabled() and (x.requires_grad or y.requires_grad):
         exact = (x[rows].float() - y[cols].float()).pow(2).sum(1)
     else:  # chunked: evaluation may have many close pairs

@@ -43,8 +43,10 @@ static inline float log_positive(float u) {
     return x * (2.0f + z * y) + 0.693147180559945f * e;
 }
 
-/* asinh(sqrt(q)) for q >= 0 in float, s = sqrt(q): the odd series of asinh to s^9 for q < 1/64 (relative error
-   < 1e-9 before rounding), else log_positive(s + sqrt(1 + q)) (relative error < 3e-7). */
+/* asinh(sqrt(q)) for q >= 0 in float, in three ranges, each to a few ulps (s = sqrt(q)): the odd series of asinh to
+   s^9 for q < 1/64 (truncation < 1e-9 relative); log1p(z) = 2 atanh(z / (2 + z)) by its series to the 9th power for
+   z = s + q / (1 + sqrt(1 + q)) < sqrt(2) - 1; else log_positive(1 + z) (at least 0.35, so its absolute error stays
+   small relative to it). The Triton kernel of the distance (backends/triton_cdist.py) has the same function. */
 static inline float asinh_sqrt_float(float q) {
     const float s = sqrtf(q);
     float series = 35.0f / 1152.0f;
@@ -52,8 +54,14 @@ static inline float asinh_sqrt_float(float q) {
     series = series * q + 3.0f / 40.0f;
     series = series * q - 1.0f / 6.0f;
     series = s * (series * q + 1.0f);
-    const float logy = log_positive(s + sqrtf(1.0f + q));
-    return q < 1.0f / 64.0f ? series : logy;
+    const float z = s + q / (1.0f + sqrtf(1.0f + q)), t = z / (2.0f + z), t2 = t * t;
+    float mid = 1.0f / 9.0f;
+    mid = mid * t2 + 1.0f / 7.0f;
+    mid = mid * t2 + 1.0f / 5.0f;
+    mid = mid * t2 + 1.0f / 3.0f;
+    mid = 2.0f * t * (mid * t2 + 1.0f);
+    const float big = log_positive(1.0f + z);
+    return q < 1.0f / 64.0f ? series : (z < 0.41421356f ? mid : big);
 }
 
 #endif

@@ -8,7 +8,8 @@
        u_i = ||x_i||^2,  a_i = 1 / (1 - c u_i),  v_j = ||y_j||^2,  b_j = 1 / (1 - c v_j)
 
    The norms and a, b are computed in double (1 - c u cancels near the boundary), the rest in float. Where the product
-   may have cancelled, A_ij <= kappa (u_i + max v) (close pairs), A_ij is recomputed from exact differences; the saved
+   may have cancelled, A_ij <= kappa (u_i + v_j) (close pairs: the product's rounding error is a few ulps of
+   u_i + v_j, so the bound is per pair), A_ij is recomputed from exact differences; the saved
    q of such a pair is stored negated (the flag; a pair with q = 0 has no gradient and needs none). Elsewhere A has a
    relative error of about float32's epsilon / kappa. d overwrites g (the same buffer).
 
@@ -35,7 +36,7 @@ typedef struct {
     const double *ca;           /* forward: c / alpha_i */
     const float *a, *b;         /* 1 / alpha_i, 1 / beta_j */
     const float *u, *v;         /* u_i, v_j */
-    float kappa, v_max;         /* A_ij <= kappa (u_i + v_max) is recomputed */
+    float kappa;                /* A_ij <= kappa (u_i + v_j) is recomputed */
     float *d, *q;               /* forward: g in, d out (in place); q out (may be NULL); backward: q in, K out */
     int64_t count;              /* forward: flagged pairs of the job's rows */
     const float *grad;          /* backward */
@@ -53,17 +54,17 @@ static void *forward_rows(void *arg) {
         float *g = job->d + i * M; /* g in, d out */
         const float *restrict xi = job->x + i * D;
         const float ui = job->u[i], cai = (float)job->ca[i];
-        const float threshold = job->kappa * (ui + job->v_max) + 1e-19f;
+        const float kappa = job->kappa;
         float *restrict q = job->q ? job->q + i * M : scratch;
-        float smallest = INFINITY;
+        float closest = -INFINITY; /* max over j of kappa (u_i + v_j) - A_ij: >= 0 if a pair is close */
         for (int64_t j = 0; j < M; j++) {
-            const float A = (ui + v[j]) - 2.0f * g[j];
-            smallest = A < smallest ? A : smallest;
+            const float A = (ui + v[j]) - 2.0f * g[j], gap = kappa * (ui + v[j]) + 1e-19f - A;
+            closest = gap > closest ? gap : closest;
             q[j] = cai * bf[j] * A;
         }
-        if (smallest <= threshold) { /* close pairs in this row: exact differences, q negated as the flag */
+        if (closest >= 0.0f) { /* close pairs in this row: exact differences, q negated as the flag */
             for (int64_t j = 0; j < M; j++) {
-                if ((ui + v[j]) - 2.0f * g[j] > threshold) continue;
+                if ((ui + v[j]) - 2.0f * g[j] > kappa * (ui + v[j]) + 1e-19f) continue;
                 const float *restrict yj = job->y + j * D;
                 float A = 0.0f;
                 for (int64_t e = 0; e < D; e++) A += (xi[e] - yj[e]) * (xi[e] - yj[e]);
@@ -129,7 +130,7 @@ int64_t poincare_cdist_forward(float *g, const float *x, const float *y, int64_t
     }
     norms_and_alphas(x, N, D, c, u, ad);
     norms_and_alphas(y, M, D, c, v, bd);
-    float *uf = f, *vf = f + N, v_max = 0.0f;
+    float *uf = f, *vf = f + N;
     for (int64_t i = 0; i < N; i++) {
         uf[i] = (float)u[i];
         a[i] = (float)ad[i];
@@ -138,10 +139,9 @@ int64_t poincare_cdist_forward(float *g, const float *x, const float *y, int64_t
     for (int64_t j = 0; j < M; j++) {
         vf[j] = (float)v[j];
         b[j] = (float)bd[j];
-        v_max = vf[j] > v_max ? vf[j] : v_max;
     }
-    cdist_job_t proto = {x, y, M, D, (float)c, ad, a, b, uf, vf, (float)kappa, v_max, g, q, 0, NULL, NULL, NULL, NULL,
-                         NULL, 0, 0};
+    cdist_job_t proto = {x, y, M, D, (float)c, ad, a, b, uf, vf, (float)kappa, g, q, 0, NULL, NULL, NULL, NULL, NULL,
+                         0, 0};
     int n = split(jobs, &proto, N, n_threads, 6.0); /* about 6 units per pair */
     int failed = run_jobs(forward_rows, jobs, sizeof(cdist_job_t), n);
     free(u);
@@ -156,8 +156,8 @@ int64_t poincare_cdist_forward(float *g, const float *x, const float *y, int64_t
 int poincare_cdist_backward(const float *grad, float *q, const float *a, const float *b, int64_t N, int64_t M,
                             double c, float *row_k, float *row_eq, float *col_ka, float *col_eq, int n_threads) {
     cdist_job_t jobs[MAX_THREADS];
-    cdist_job_t proto = {NULL, NULL, M, 0, (float)c, NULL, a, b, NULL, NULL, 0.0f, 0.0f, NULL, q, 0, grad, row_k,
-                         row_eq, col_ka, col_eq, 0, 0};
+    cdist_job_t proto = {NULL, NULL, M, 0, (float)c, NULL, a, b, NULL, NULL, 0.0f, NULL, q, 0, grad, row_k, row_eq,
+                         col_ka, col_eq, 0, 0};
     int n = split(jobs, &proto, N, n_threads, 4.0);
     float *partial = n > 1 ? malloc(sizeof(float) * (size_t)(2 * (n - 1) * M)) : NULL;
     if (n > 1 && !partial) return 1;
