@@ -153,25 +153,36 @@ def _tangent_scale(u, sqrt_c, clip_r, rho_max, dim):
 
 
 class _TangentToBall(torch.autograd.Function):
-    """:func:`tangent_to_ball` for a constant curvature: C kernels on CPU float32 2-D input (``csrc/tangent_map.c``),
-    else torch ops; the backward is the formula of :func:`_tangent_scale`, in torch ops when a graph of it is needed."""
+    """:func:`tangent_to_ball` for a constant curvature: the C kernel on CPU float32 2-D input (``csrc/tangent_map.c``),
+    the Triton kernel on CUDA (``backends/triton_rows.py``), else torch ops; the backward is the formula of
+    :func:`_tangent_scale`, in torch ops when a graph of it is needed."""
 
     @staticmethod
     def forward(ctx, u, sqrt_c, clip_r, rho_max, dim):
         ctx.save_for_backward(u)
         ctx.args = (sqrt_c, clip_r, rho_max, dim)
-        ctx.native = u.ndim == 2 and dim in (-1, 1) and backends.select(u, kernels=("native",)) == "native"
-        if ctx.native:
-            return native.tangent_to_ball_forward(u, sqrt_c, clip_r, rho_max)
+        ctx.kind = backends.select(u) if u.ndim == 2 and dim in (-1, 1) else "torch"
+        if ctx.kind != "torch":
+            return _row_kernels(ctx.kind).tangent_to_ball_forward(u, sqrt_c, clip_r, rho_max)
         return u * _tangent_norm_scale(u, sqrt_c, clip_r, rho_max, dim)[2]
 
     @staticmethod
     def backward(ctx, grad):
         (u,) = ctx.saved_tensors
-        if ctx.native and not torch.is_grad_enabled():  # grad mode here means a graph of the backward is built
-            return native.tangent_to_ball_backward(u, grad, *ctx.args[:3]), None, None, None, None
+        if ctx.kind != "torch" and not torch.is_grad_enabled():  # grad mode here: a graph of the backward is built
+            grad_u = _row_kernels(ctx.kind).tangent_to_ball_backward(u, grad, *ctx.args[:3])
+            return grad_u, None, None, None, None
         s, slope = _tangent_scale(u, *ctx.args)
         return grad * s + u * (slope * (grad * u).sum(ctx.args[3], keepdim=True)), None, None, None, None
+
+
+def _row_kernels(kind):
+    """The module with the row-wise kernels of a backend: ``backends.native`` or ``backends.triton_rows``."""
+    if kind == "native":
+        return native
+    from .backends import triton_rows
+
+    return triton_rows
 
 
 def logmap0(x, c, dim=-1):

@@ -55,6 +55,16 @@ def use(name):
         set_backend(previous)
 
 
+def launch(kernel, device):
+    """Context of one Triton launch: the tensors' CUDA device made current, and a ``triton::<kernel>`` profiler range
+    (which also lets :func:`pml_hyperbolic.utils.profiling.count_ops` tell the interpreter's work from the caller's)."""
+    stack = contextlib.ExitStack()
+    if device.type == "cuda":
+        stack.enter_context(torch.cuda.device(device))
+    stack.enter_context(torch.profiler.record_function(f"triton::{kernel}"))
+    return stack
+
+
 @functools.lru_cache(maxsize=None)
 def triton_interpreted():
     """Whether Triton runs in its interpreter (``TRITON_INTERPRET=1``): kernels then take CPU tensors."""

@@ -16,8 +16,7 @@ overhead than in arithmetic at training sizes:
 CPU threads where the work pays for it. They are built once per machine into a cache folder
 (``$PML_HYPERBOLIC_CACHE``, else ``$XDG_CACHE_HOME/pml_hyperbolic`` or ``~/.cache/pml_hyperbolic``) with ``$CC``
 (default ``cc``), and loaded with ctypes: no build step at install time, no torch headers. Without a working compiler,
-or with ``PML_HYPERBOLIC_NATIVE=0``, :func:`library` returns None (with a warning in the first case) and the callers
-use their torch implementations: the same results for the LCA pass and the mining, the same values up to float32
+:func:`library` returns None (with a warning) and the callers use their torch implementations: the same results for the LCA pass and the mining, the same values up to float32
 rounding elsewhere (both sides are accurate to about 1e-6 relative; the tests hold each kernel to its torch twin).
 """
 
@@ -81,9 +80,7 @@ def _build(compiler):
 
 @functools.lru_cache(maxsize=None)
 def library():
-    """The loaded kernel library (ctypes), or None if disabled or it cannot be built."""
-    if os.environ.get("PML_HYPERBOLIC_NATIVE", "1") == "0":
-        return None
+    """The loaded kernel library (ctypes), or None if it cannot be built (the switch is :mod:`pml_hyperbolic.backends`)."""
     compiler = os.environ.get("CC", "cc")
     try:
         lib = ctypes.CDLL(str(_build(compiler)))
@@ -91,7 +88,7 @@ def library():
         warnings.warn(
             f"pml_hyperbolic: could not build the native kernels with {compiler!r} ({error}). The losses and distances "
             "fall back to their torch implementations (same results, several times slower on CPU). Install a C "
-            "compiler (e.g. gcc), or set CC, or set PML_HYPERBOLIC_NATIVE=0 to silence this.",
+            "compiler (e.g. gcc), or set CC, or set PML_HYPERBOLIC_BACKEND=torch to silence this.",
             RuntimeWarning,
             stacklevel=3,
         )
@@ -104,7 +101,7 @@ def library():
     lib.poincare_pdist_backward.argtypes = [_F32, ctypes.c_int64, ctypes.c_int64, ctypes.c_double, _F32, _F32,
                                             ctypes.c_int]
     lib.reciprocal_triplets.argtypes = [_F32, ctypes.c_int64, _I64, ctypes.c_int64, ctypes.c_int64, ctypes.c_int, _F32,
-                                        _I64, _I64, _I64]
+                                        _I64, _I64, _I64, _F32]
     lib.reciprocal_triplets.restype = ctypes.c_int64
     lib.poincare_cdist_forward.argtypes = [_F32, _F32, _F32, ctypes.c_int64, ctypes.c_int64, ctypes.c_int64,
                                            ctypes.c_double, ctypes.c_double, _F32, _F32, _F32, ctypes.c_int]
@@ -125,11 +122,6 @@ def library():
                lib.poincare_cdist_backward, lib.relaxed_similarity_forward, lib.relaxed_similarity_backward):
         fn.restype = ctypes.c_int
     return lib
-
-
-def available(*tensors):
-    """Whether the float32 kernels apply to ``tensors``: all float32 on the CPU, and the library available."""
-    return all(t.device.type == "cpu" and t.dtype == torch.float32 for t in tensors) and library() is not None
 
 
 def _ptr(t, kind):
@@ -168,9 +160,8 @@ def lca_backward(scaled, i, j, k, noise, key, lca1, lca2, e):
 
 
 def use_pdist(x):
-    """Whether :func:`pdist` applies to ``x``: CPU float32, the kernel available, and at most PDIST_MAX_WORK."""
-    work = x.shape[0] ** 2 * x.shape[1] / 2
-    return work <= PDIST_MAX_WORK and available(x)
+    """Whether :func:`pdist` is the faster kernel for the R×D points ``x``: at most PDIST_MAX_WORK multiply-adds."""
+    return x.shape[0] ** 2 * x.shape[1] / 2 <= PDIST_MAX_WORK
 
 
 class _PoincarePdist(torch.autograd.Function):
@@ -204,19 +195,21 @@ NON_FINITE_SIMILARITY = "The similarity matrix contains NaN or inf values: check
 
 
 def reciprocal_triplets(sim, labels, topk, triplets_per_anchor, exclude_self_negative, uniforms):
-    """(anchors, positives, negatives) of ``ReciprocalTripletMiner``'s rule on the float32 CPU similarity ``sim``
-    (n×n), ``labels`` (n,) or None, and ``uniforms`` (n×2×triplets_per_anchor float32 in [0, 1)); a ValueError if
-    ``sim`` holds NaN or inf."""
+    """(anchors, positives, negatives, valid) of ``ReciprocalTripletMiner``'s rule on the float32 CPU similarity ``sim``
+    (n×n), ``labels`` (n,) or None, and ``uniforms`` (n×2×triplets_per_anchor float32 in [0, 1)): n·t slots, anchor i
+    owning slots i·t ... i·t + t - 1, and ``valid`` (n float32, 1 or 0 per anchor); a ValueError if ``sim`` holds NaN
+    or inf."""
     n, t = sim.shape[0], triplets_per_anchor
     sim, uniforms = sim.contiguous(), uniforms.contiguous()
     labels = None if labels is None else labels.to(torch.int64).contiguous()
     out = torch.empty(3, n * t, dtype=torch.int64)
+    valid = torch.empty(n, dtype=torch.float32)
     found = library().reciprocal_triplets(_ptr(sim, _F32), n, _ptr(labels, _I64), topk, t, int(exclude_self_negative),
-                                          _ptr(uniforms, _F32), *(_ptr(row, _I64) for row in out))
+                                          _ptr(uniforms, _F32), *(_ptr(row, _I64) for row in out), _ptr(valid, _F32))
     if found == -2:
         raise ValueError(NON_FINITE_SIMILARITY)
     _check(found < 0)
-    return tuple(row[: found * t] for row in out)
+    return out[0], out[1], out[2], valid
 
 
 def cdist_forward(x, y, c, kappa, need_grad):

@@ -44,6 +44,8 @@ import torch
 import triton
 import triton.language as tl
 
+from . import launch
+
 # A pair is recomputed from exact differences when A_ij <= KAPPA (u_i + v_j) (see the module docstring).
 KAPPA = 0.1
 _BM, _BN, _BK = 64, 64, 32  # forward tile and reduction step
@@ -260,8 +262,9 @@ def forward(x, y, c, need_q):
     b = torch.empty(m, dtype=torch.float32, device=x.device)
     c_hi = float(np.float32(c))
     grid = (triton.cdiv(n, _BM), triton.cdiv(m, _BN))
-    _forward[grid](x, y, d, q, a, b, n, m, dim, c_hi, c - c_hi, KAPPA,
-                   STORE_Q=need_q, BM=_BM, BN=_BN, BK=_block_k(dim), num_warps=4)
+    with launch("cdist_forward", x.device):
+        _forward[grid](x, y, d, q, a, b, n, m, dim, c_hi, c - c_hi, KAPPA,
+                       STORE_Q=need_q, BM=_BM, BN=_BN, BK=_block_k(dim), num_warps=4)
     return d, (q if need_q else None), a, b
 
 
@@ -285,13 +288,17 @@ def backward(x, y, grad, q, a, b, c, need_x, need_y):
         row_tiles = triton.cdiv(n, _BM)
         splits, per = _split(triton.cdiv(m, _BN), row_tiles * chunks, x.device)
         out = torch.empty(splits, n, dim, dtype=torch.float32, device=x.device)
-        _backward_x[(row_tiles, chunks, splits)](x, y, *args, out, *scalars, per, BM=_BM, BN=_BN, BD=bd, num_warps=4)
+        with launch("cdist_backward_x", x.device):
+            _backward_x[(row_tiles, chunks, splits)](x, y, *args, out, *scalars, per, BM=_BM, BN=_BN, BD=bd,
+                                                     num_warps=4)
         grad_x = out[0] if splits == 1 else out.sum(0)
     if need_y:
         col_tiles = triton.cdiv(m, _BN)
         splits, per = _split(triton.cdiv(n, _BM), col_tiles * chunks, x.device)
         out = torch.empty(splits, m, dim, dtype=torch.float32, device=x.device)
-        _backward_y[(col_tiles, chunks, splits)](x, y, *args, out, *scalars, per, BM=_BM, BN=_BN, BD=bd, num_warps=4)
+        with launch("cdist_backward_y", x.device):
+            _backward_y[(col_tiles, chunks, splits)](x, y, *args, out, *scalars, per, BM=_BM, BN=_BN, BD=bd,
+                                                     num_warps=4)
         grad_y = out[0] if splits == 1 else out.sum(0)
     return grad_x, grad_y
 

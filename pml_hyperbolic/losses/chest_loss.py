@@ -5,7 +5,7 @@ from pytorch_metric_learning.losses import BaseMetricLossFunction, SoftTripleLos
 from pytorch_metric_learning.utils import common_functions as c_f
 
 from ..distances import EuclideanHyperbolicDistance, PoincareDistance
-from ..utils.checks import check_embeddings, check_in_ball
+from ..utils.checks import check_embeddings, check_in_ball, check_labels
 from .hier_loss import HIERLoss
 from .hyperbolic_soft_triple_loss import HyperbolicSoftTripleLoss
 
@@ -243,14 +243,7 @@ class CHESTLoss(BaseMetricLossFunction):
         if embeddings.shape[0] == 0:
             raise ValueError("embeddings is an empty batch.")
         if labels is not None:
-            if labels.dtype.is_floating_point or labels.dtype == torch.bool:
-                raise ValueError(f"labels must be an integer tensor of class indices, got dtype {labels.dtype}.")
-            bad = (labels < 0) | (labels >= self.num_classes)
-            if bool(bad.any()):
-                raise ValueError(
-                    f"labels must lie in [0, num_classes={self.num_classes}), got {labels[bad][:5].tolist()}: map the "
-                    "dataset's labels to 0..C-1 (pml trainers: set_min_label_to_zero=True) or raise num_classes."
-                )
+            check_labels(labels, self.num_classes)
         x = embeddings if embeddings.dtype == torch.float64 else embeddings.float()
         if self.hyperbolic_loss is not None or self.hier_loss is not None:
             name = "embeddings" if self.euclidean_dim is None else f"the ball part (columns {self.euclidean_dim}:) of the embeddings"

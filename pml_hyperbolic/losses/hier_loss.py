@@ -9,8 +9,9 @@ from pytorch_metric_learning.utils import loss_and_miner_utils as lmu
 from ..distances import PoincareDistance
 from ..layers import ToPoincare
 from ..miners import ReciprocalTripletMiner
-from ..utils.checks import check_curvature, check_embeddings
+from .. import backends
 from ..backends import native
+from ..utils.checks import check_curvature, check_embeddings, check_finite, check_indices
 from ..utils.random import counter_uniform
 
 # Rows × candidates per step of the LCA function (each step stacks the pair and triplet blocks: twice this).
@@ -197,21 +198,23 @@ class HIERLoss(WeightMixin, BaseMetricLossFunction):
         # between a pair's own members is exact).
         dist = self._distance_matrix(torch.cat([embeddings.to(proxies.dtype), proxies]), checked)
         if indices_tuple is None:
-            data_triplets = self.miner.mine_similarity(-dist[:n, :n].detach(), labels)
+            data_triplets = self.miner.mine_fixed(-dist[:n, :n].detach(), labels)
         else:
-            data_triplets = self._check_triplets(lmu.convert_to_triplets(indices_tuple, labels), n, embeddings.device)
-        proxy_triplets = self.miner.mine_similarity(-dist[n:, n:].detach())
+            triplets = self._check_triplets(lmu.convert_to_triplets(indices_tuple, labels), n, embeddings.device)
+            data_triplets = (*triplets, torch.ones_like(triplets[0], dtype=torch.bool))
+        proxy_triplets = self.miner.mine_fixed(-dist[n:, n:].detach())
         # Both terms in one pass over the rows [embeddings; proxies] × proxies: proxy triplets are offset by n.
         t = len(data_triplets[0])
-        triplets = [torch.cat([d, p + n]) for d, p in zip(data_triplets, proxy_triplets)]
+        triplets = [torch.cat([d, p + n]) for d, p in zip(data_triplets[:3], proxy_triplets[:3])]
         # valid by construction: finite points in the ball, mined or checked triplets
         losses, collided = self._lca_losses(dist[:, n:], *triplets)
         data_losses, proxy_losses = losses[:t], losses[t:]
         data_collided, proxy_collided = collided[:t], collided[t:]
         if self.collect_stats:
-            self.num_data_triplets, self.num_proxy_triplets = len(data_losses), len(proxy_losses)
-            self.data_collision_rate = data_collided.float().mean().item() if len(data_losses) else 0.0
-            self.proxy_collision_rate = proxy_collided.float().mean().item() if len(proxy_losses) else 0.0
+            self.num_data_triplets = int(data_triplets[3].sum())
+            self.num_proxy_triplets = int(proxy_triplets[3].sum())
+            self.data_collision_rate = _rate(data_collided, data_triplets[3])
+            self.proxy_collision_rate = _rate(proxy_collided, proxy_triplets[3])
         return {
             "data_loss": self._term(data_losses, data_collided, data_triplets),
             "proxy_loss": self._term(proxy_losses, proxy_collided, proxy_triplets),
@@ -221,7 +224,8 @@ class HIERLoss(WeightMixin, BaseMetricLossFunction):
         """d(points_a, points_b), symmetric: the native kernel for small float32 CPU sets with the default distance
         (exact differences; no matrix product to cancel), else the distance's matrix, symmetrised."""
         d = self.distance
-        if type(d) is PoincareDistance and d.power == 1 and not d.normalize_embeddings and native.use_pdist(points):
+        plain = type(d) is PoincareDistance and d.power == 1 and not d.normalize_embeddings
+        if plain and native.use_pdist(points) and backends.select(points, kernels=("native",)) == "native":
             if not checked:
                 d._check(points, points)  # the distance's own input check
             return native.pdist(points, self.c)
@@ -229,12 +233,15 @@ class HIERLoss(WeightMixin, BaseMetricLossFunction):
         return (dist + dist.t()) / 2
 
     def _term(self, losses, collided, triplets):
-        if self.reduction == "non_collided":
-            keep = ~collided
-            losses, triplets = losses[keep], tuple(t[keep] for t in triplets)
+        """The reducer's input of one term: every triplet slot, weighted by w / mean(w) with w = 1 for the triplets
+        that count (valid; with ``reduction="non_collided"`` also not collided), else 0. So pml's ``MeanReducer``
+        (the default) gives the mean over the triplets that count, and no shape depends on the data."""
         if len(losses) == 0:
             return self.zero_loss()
-        return {"losses": losses, "indices": triplets, "reduction_type": "triplet", "divisor": len(losses)}
+        counts = triplets[3] & ~collided if self.reduction == "non_collided" else triplets[3]
+        w = counts.to(losses.dtype)
+        losses = losses * (w / w.mean().clamp_min(torch.finfo(w.dtype).tiny))
+        return {"losses": losses, "indices": triplets[:3], "reduction_type": "triplet", "divisor": len(losses)}
 
     @staticmethod
     def _check_triplets(triplets, n, device):
@@ -243,9 +250,7 @@ class HIERLoss(WeightMixin, BaseMetricLossFunction):
         if not len(triplets[0]) == len(triplets[1]) == len(triplets[2]):
             raise ValueError("anchors, positives and negatives of indices_tuple must have the same length.")
         triplets = tuple(t.to(device=device, dtype=torch.long) for t in triplets)
-        stacked = torch.stack(triplets)
-        if len(triplets[0]) and bool((stacked.min() < 0) | (stacked.max() >= n)):
-            raise ValueError(f"indices_tuple holds indices outside [0, {n}): they must index the batch's embeddings.")
+        check_indices(triplets, n, "The indices of indices_tuple (they must index the batch's embeddings)")
         return triplets
 
     def triplet_lca_losses(self, dist, anchors, positives, negatives):
@@ -257,37 +262,34 @@ class HIERLoss(WeightMixin, BaseMetricLossFunction):
         """
         if dist.ndim != 2 or dist.shape[1] == 0:
             raise ValueError(f"dist must be a 2-D (points × candidates) matrix, got shape {tuple(dist.shape)}.")
-        if not bool(torch.isfinite(dist).all()):
-            raise ValueError("dist holds NaN or inf: the distances must be finite.")
+        check_finite(dist, "dist holds NaN or inf: the distances must be finite.")
         triplets = [t.to(device=dist.device, dtype=torch.long) for t in (anchors, positives, negatives)]
-        stacked = torch.stack(triplets)
-        if len(triplets[0]) and bool((stacked.min() < 0) | (stacked.max() >= dist.shape[0])):
-            raise ValueError(f"Triplet indices must lie in [0, {dist.shape[0]}) (rows of the distance block).")
+        check_indices(triplets, dist.shape[0], "Triplet indices (rows of the distance block)")
         return self._lca_losses(dist, *triplets)
 
     def _lca_losses(self, dist, *triplets):
         """:meth:`triplet_lca_losses` for inputs known to be valid (finite block, in-range triplets)."""
         if len(triplets[0]) == 0:
             return dist.new_zeros(0), torch.zeros(0, dtype=torch.bool, device=dist.device)
-        use_native = (
-            self.lca == "gumbel" and dist.device.type == "cpu" and dist.dtype == torch.float32
-            and native.library() is not None
-        )
+        kind = backends.select(dist, kernels=("native", "triton") if self.lca == "gumbel" else ("triton",))
         noise_shape = (2, len(triplets[0]), dist.shape[1])
-        injected = not self._default_noise()
         if self.lca == "argmax":
             noise = None
-        elif dist.device.type == "cpu" and not injected:
-            noise = self._noise_key()  # counter_uniform(key, noise_shape), computed where it is used
-        else:
+        elif not self._default_noise():
             noise = self.sample_noise(noise_shape, dist.dtype, dist.device)
             if noise.shape != noise_shape:
                 raise ValueError(f"sample_noise returned shape {tuple(noise.shape)}, expected {noise_shape}.")
             noise = noise.to(dist.device, dist.dtype)
-            if injected and not bool(((noise > 0) & (noise < 1)).all()):
-                raise ValueError(f"sample_noise must return uniforms in the open interval (0, 1) (in {dist.dtype}).")
-        margin, tau = self.margin, self.tau
-        losses, lca_pair, lca_triplet = _TripletLCAHinge.apply(dist, *triplets, margin, tau, noise, use_native)
+            check_finite(torch.where((noise > 0) & (noise < 1), noise, torch.nan),
+                         f"sample_noise must return uniforms in the open interval (0, 1) (in {dist.dtype}).")
+        elif kind == "triton":  # the key of the counter stream, drawn on the device (a CUDA graph redraws it)
+            generator = self.miner.get_generator(dist.device)
+            noise = torch.empty((), dtype=torch.int64, device=dist.device).random_(generator=generator)
+        elif dist.device.type == "cpu":
+            noise = self._noise_key()  # counter_uniform(key, noise_shape), computed where it is used
+        else:
+            noise = self.sample_noise(noise_shape, dist.dtype, dist.device)
+        losses, lca_pair, lca_triplet = _TripletLCAHinge.apply(dist, *triplets, self.margin, self.tau, noise, kind)
         return losses, lca_pair == lca_triplet
 
     def sample_noise(self, shape, dtype, device):
@@ -309,6 +311,11 @@ class HIERLoss(WeightMixin, BaseMetricLossFunction):
         return "sample_noise" not in vars(self) and type(self).sample_noise is HIERLoss.sample_noise
 
 
+def _rate(collided, valid):
+    """Share of collided triplets among the valid ones (a Python float: collect_stats reads it on the host)."""
+    return float((collided & valid).sum()) / max(int(valid.sum()), 1)
+
+
 def _select(m, noise):
     """LCA per row of m (..., P: max-distances / tau): the hard Gumbel sample of softmax(-m) with its soft sample
     (index, y) when ``noise`` (uniforms U) is given, else (argmin, None).
@@ -326,9 +333,10 @@ class _TripletLCAHinge(torch.autograd.Function):
     """Forward: (losses, lca_pair, lca_triplet) of HIER's triplets on the distance block ``dist``.
 
     ``noise``: None (argmax LCAs), uniforms (2, T, P), or the int key of ``counter_uniform(key, (2, T, P))``
-    (computed chunk by chunk, or in place by the kernel). With ``use_native`` the LCA selection and its backward run
-    in the C kernel of :mod:`pml_hyperbolic.backends.native`, which recomputes the soft samples in the backward;
-    otherwise in torch ops, in row chunks, keeping the soft samples (2·T·P floats).
+    (computed chunk by chunk, or in place by the kernel; on CUDA a 0-dim int64 device tensor). ``kind`` is the backend:
+    ``"native"`` (the C kernel of :mod:`pml_hyperbolic.backends.native`) and ``"triton"``
+    (:mod:`pml_hyperbolic.backends.triton_lca`) recompute the soft samples in the backward; ``"torch"`` runs torch
+    ops in row chunks, keeping the soft samples (2·T·P floats).
 
     Backward: the hard samples' values give the direct gradient ±e at the selected columns (e: the weights of the
     active hinges); the straight-through path gives, with C = (e_i D_i + e_j D_j - e_k D_k)/tau and the soft samples
@@ -337,18 +345,22 @@ class _TripletLCAHinge(torch.autograd.Function):
     """
 
     @staticmethod
-    def forward(ctx, dist, i, j, k, margin, tau, noise, use_native):
+    def forward(ctx, dist, i, j, k, margin, tau, noise, kind):
         with torch.autocast(device_type=dist.device.type, enabled=False):
             scaled = dist * (1 / tau)
-            if use_native:
+            ctx.kind, ctx.noise, ctx.soft = kind, noise, None
+            if kind == "native":
                 key = noise if isinstance(noise, int) else 0
                 uniforms = None if isinstance(noise, int) else noise.contiguous()
                 i, j, k = i.contiguous(), j.contiguous(), k.contiguous()
                 a, b, losses, active = native.lca_forward(scaled.contiguous(), i, j, k, uniforms, key, dist, margin)
-                ctx.native, ctx.soft = (uniforms, key), None
+                ctx.noise = (uniforms, key)
+            elif kind == "triton":
+                from ..backends import triton_lca
+
+                a, b, losses, active = triton_lca.lca_forward(scaled, dist, i, j, k, noise, margin)
             else:
                 a, b, ctx.soft, ctx.step = _select_chunks(scaled, i, j, k, noise)
-                ctx.native = None
                 hinge = torch.stack([dist[i, a] - dist[i, b], dist[j, a] - dist[j, b], dist[k, b] - dist[k, a]])
                 active = (hinge.add_(margin) > 0) & (a != b)
                 losses = hinge.clamp_min_(0).mul_(active).sum(0)
@@ -361,10 +373,15 @@ class _TripletLCAHinge(torch.autograd.Function):
         scaled, i, j, k, a, b, active = ctx.saved_tensors
         with torch.autocast(device_type=scaled.device.type, enabled=False):
             e = active.to(scaled.dtype) * grad.to(scaled.dtype)  # weights of the 3 hinges of each triplet
-            if ctx.native is not None:
-                uniforms, key = ctx.native
+            if ctx.kind == "native":
+                uniforms, key = ctx.noise
                 grad_dist = native.lca_backward(scaled.contiguous(), i, j, k, uniforms, key, a, b, e.contiguous())
                 return grad_dist.to(scaled.dtype), None, None, None, None, None, None, None
+            if ctx.kind == "triton":
+                from ..backends import triton_lca
+
+                grad_dist = triton_lca.lca_backward(scaled, i, j, k, ctx.noise, a, b, e.contiguous())
+                return grad_dist, None, None, None, None, None, None, None
             grad_dist = torch.zeros_like(scaled)
             # direct path: +-e at the selected LCAs (the values of the hard samples)
             rows = torch.cat([i, i, j, j, k, k])

@@ -9,8 +9,8 @@ from pytorch_metric_learning.utils import loss_and_miner_utils as lmu
 
 from .. import poincare
 from ..distances import PoincareDistance
-from ..backends import native
-from ..utils.checks import check_curvature, check_embeddings, check_in_ball
+from .. import backends
+from ..utils.checks import check_curvature, check_embeddings, check_in_ball, check_labels
 
 
 class HyperbolicSoftTripleLoss(WeightRegularizerMixin, BaseMetricLossFunction):
@@ -230,14 +230,7 @@ class HyperbolicSoftTripleLoss(WeightRegularizerMixin, BaseMetricLossFunction):
         check_in_ball(embeddings, self.c, "embeddings")
 
     def _check_labels(self, labels):
-        if labels.dtype.is_floating_point or labels.dtype == torch.bool:
-            raise ValueError(f"labels must be an integer tensor of class indices, got dtype {labels.dtype}.")
-        bad = (labels < 0) | (labels >= self.num_classes)
-        if bool(bad.any()):
-            raise ValueError(
-                f"labels must lie in [0, num_classes={self.num_classes}), got {labels[bad][:5].tolist()}: "
-                "map the dataset's labels to 0..C-1 (pml trainers: set_min_label_to_zero=True) or raise num_classes."
-            )
+        check_labels(labels, self.num_classes)
 
 
 class _RelaxedSimilarity(torch.autograd.Function):
@@ -246,15 +239,15 @@ class _RelaxedSimilarity(torch.autograd.Function):
 
     Backward in two passes over (B, K, C), from
     :math:`\partial S/\partial m_k = p_k\,(\sigma(1 - S/\gamma) + m_k/\gamma)` (autograd through the softmax and
-    the weighted sum takes about seven). On the CPU in float32 both passes run in C
-    (``csrc/relaxed_similarity.c``, :mod:`pml_hyperbolic.backends.native`).
+    the weighted sum takes about seven). In float32 both passes run in a kernel: C on the CPU
+    (``csrc/relaxed_similarity.c``), Triton on CUDA (``backends/triton_rows.py``).
     """
 
     @staticmethod
     def forward(ctx, m, sign, gamma):
-        ctx.native = native.available(m)
-        if ctx.native:
-            s, p = native.relaxed_similarity_forward(m, sign, gamma)
+        ctx.kind = backends.select(m)
+        if ctx.kind != "torch":
+            s, p = poincare._row_kernels(ctx.kind).relaxed_similarity_forward(m, sign, gamma)
         else:
             with torch.autocast(device_type=m.device.type, enabled=False):
                 p = torch.softmax(m * (sign / gamma), dim=1)
@@ -267,8 +260,8 @@ class _RelaxedSimilarity(torch.autograd.Function):
     @torch.autograd.function.once_differentiable
     def backward(ctx, grad):
         m, p, s = ctx.saved_tensors
-        if ctx.native:
-            return native.relaxed_similarity_backward(m, s, p, ctx.sign, ctx.gamma, grad), None, None
+        if ctx.kind != "torch":
+            return poincare._row_kernels(ctx.kind).relaxed_similarity_backward(m, s, p, ctx.sign, ctx.gamma, grad), None, None
         alpha = (ctx.sign * grad * (1 - s / ctx.gamma)).unsqueeze(1)
         beta = (grad / ctx.gamma).unsqueeze(1)
         return torch.addcmul(alpha, m, beta).mul_(p), None, None

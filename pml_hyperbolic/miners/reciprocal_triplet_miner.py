@@ -1,9 +1,10 @@
 import torch
 from pytorch_metric_learning.miners import BaseMiner
 
-from ..distances import PoincareDistance
+from .. import backends
 from ..backends import native
-from ..utils.checks import check_embeddings
+from ..distances import PoincareDistance
+from ..utils.checks import check_embeddings, check_finite
 
 
 class ReciprocalTripletMiner(BaseMiner):
@@ -26,9 +27,10 @@ class ReciprocalTripletMiner(BaseMiner):
     ties of ``exp`` underflow; the point itself always counts as one of its ``topk``. When ``topk`` is at least the
     number of points, every pair is mutual and no anchor has a negative: nothing is mined. On CPU in float32 the
     mining runs in a C kernel (:mod:`pml_hyperbolic.backends.native`); elsewhere in torch ops, with the same results.
+    :meth:`mine_fixed` gives every point its slots with a validity mask (fixed shapes, no host sync on CUDA).
 
     Differences from the official code (``hier/losses.py::get_reciprocal_triplets``): fully vectorised (no Python loop
-    over anchors, one host sync per call), no crash or wrong indices for small batches (the official code needs
+    over anchors; the pml-style output costs one host sync per call, :meth:`mine_fixed` none), no crash or wrong indices for small batches (the official code needs
     N ≥ topk and mis-samples an anchor with a single negative), and ``exclude_self_negative=True`` by default: the
     official code lets the anchor be its own negative (its diagonal is filled with −1 < 1), which makes HIER's hinge
     terms contradictory (they sum to at least 2·margin whatever the embedding). Set it to False for the official rule.
@@ -91,34 +93,43 @@ class ReciprocalTripletMiner(BaseMiner):
         return self.mine_similarity(mat if self.distance.is_inverted else -mat, labels)
 
     def mine_similarity(self, sim, labels=None):
-        """Triplets (anchors, positives, negatives) from an N×N similarity matrix (larger = closer), e.g. −distance.
+        """Triplets (anchors, positives, negatives) from an N×N similarity matrix (larger = closer), e.g. −distance:
+        the valid slots of :meth:`mine_fixed`. Their number depends on the data, so on CUDA this costs one host sync,
+        as any pml miner's output does; :class:`~pml_hyperbolic.losses.HIERLoss` uses :meth:`mine_fixed` instead."""
+        anchors, positives, negatives, valid = self.mine_fixed(sim, labels)
+        return anchors[valid], positives[valid], negatives[valid]
 
-        ``labels`` (N,) is optional: without it, the ranking uses the similarity alone (HIER's proxy block).
+    def mine_fixed(self, sim, labels=None):
+        """Every point's ``triplets_per_anchor`` triplet slots, valid or not: (anchors, positives, negatives, valid),
+        each of length N·``triplets_per_anchor`` (point i owns slots i·t ... i·t + t - 1; an invalid anchor's slots
+        hold (i, i, i) and ``valid`` False). Fixed shapes: no host sync, capturable in a CUDA graph.
+
+        ``sim`` is N×N (larger = closer); ``labels`` (N,) is optional: without it, the ranking uses the similarity
+        alone (HIER's proxy block).
         """
         if sim.ndim != 2 or sim.shape[0] != sim.shape[1]:
             raise ValueError(f"mine_similarity needs a square N×N similarity matrix, got shape {tuple(sim.shape)}.")
-        n, device = sim.shape[0], sim.device
+        n, device, t = sim.shape[0], sim.device, self.triplets_per_anchor
         if labels is not None and (labels.ndim != 1 or len(labels) != n):
             raise ValueError(f"labels must have shape ({n},) like the similarity matrix, got {tuple(labels.shape)}.")
         if labels is not None and labels.device != device:
             raise ValueError(f"labels are on {labels.device} but the similarities on {device}: move them to {device}.")
         with torch.no_grad():
             sim = sim.detach()
-            t = self.triplets_per_anchor
             uniforms = torch.rand((n, 2, t), generator=self.get_generator(device), device=device)
-            if native.available(sim):  # the kernel checks that sim is finite
+            if backends.select(sim, kernels=("native",)) == "native":  # the kernel checks that sim is finite
                 args = (self.topk, t, self.exclude_self_negative, uniforms)
-                anchors, positives, negatives = native.reciprocal_triplets(sim, labels, *args)
+                anchors, positives, negatives, ok = native.reciprocal_triplets(sim, labels, *args)
+                ok = ok.bool()
             else:
-                if not bool(torch.isfinite(sim).all()):
-                    raise ValueError(native.NON_FINITE_SIMILARITY)
-                anchors, positives, negatives = self._triplets(sim, labels, uniforms)
+                check_finite(sim, native.NON_FINITE_SIMILARITY)
+                anchors, positives, negatives, ok = self._triplets(sim, labels, uniforms)
         if self.collect_stats:
-            self.num_anchors = len(anchors) // t
-        return anchors, positives, negatives
+            self.num_anchors = int(ok.sum())
+        return anchors, positives, negatives, ok.repeat_interleave(t)
 
     def _triplets(self, sim, labels, uniforms):
-        """The mining rule in torch ops (the native kernel computes the same triplets)."""
+        """The mining rule in torch ops, fixed shapes (the native kernel computes the same slots)."""
         n, device, t = sim.shape[0], sim.device, self.triplets_per_anchor
         # Rank by priority (the point itself 2, same label 1, others 0), then similarity, then index: two stable sorts.
         order = sim.argsort(dim=1, descending=True, stable=True)
@@ -134,16 +145,16 @@ class ReciprocalTripletMiner(BaseMiner):
         neg = ~pos
         if self.exclude_self_negative:
             neg.fill_diagonal_(False)
-        n_pos, n_neg = pos.sum(1), neg.sum(1)
-        anchors = ((n_pos >= 2) & (n_neg >= 1)).nonzero().squeeze(1)
-        u = uniforms[anchors]
+        n_pos, n_neg = pos.sum(1, keepdim=True), neg.sum(1, keepdim=True)
+        ok = ((n_pos >= 2) & (n_neg >= 1)).squeeze(1)
+        point = torch.arange(n, device=device).unsqueeze(1)
 
         def sample(mask, counts, u):
-            """Member floor(u |set|) of each anchor's set, in index order: the first column where the running count
-            of the set reaches it."""
-            counts = counts[anchors].unsqueeze(1)
+            """Member floor(u |set|) of each row's set, in index order: the first column where the running count of the
+            set reaches it; the point itself for invalid anchors."""
             rank = (u * counts).long().minimum(counts - 1)
-            return torch.searchsorted(mask[anchors].cumsum(1), rank + 1)
+            member = torch.searchsorted(mask.cumsum(1), rank + 1).clamp_max(n - 1)
+            return torch.where(ok.unsqueeze(1), member, point)
 
-        positives, negatives = sample(pos, n_pos, u[:, 0]), sample(neg, n_neg, u[:, 1])
-        return anchors.repeat_interleave(t), positives.flatten(), negatives.flatten()
+        positives, negatives = sample(pos, n_pos, uniforms[:, 0]), sample(neg, n_neg, uniforms[:, 1])
+        return point.expand(n, t).flatten(), positives.flatten(), negatives.flatten(), ok

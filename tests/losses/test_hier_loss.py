@@ -98,7 +98,7 @@ def ball_points(n, dim, seed, scale=3.0, dtype=torch.float64):
 def recording(loss):
     """Record the mined triplets and the Gumbel noise (uniforms) that ``loss`` draws (instance-level wrappers)."""
     rec = {"mine": [], "noise": []}
-    mine, noise = loss.miner.mine_similarity, loss.sample_noise
+    mine, noise = loss.miner.mine_fixed, loss.sample_noise
 
     def rec_mine(*args, **kwargs):
         out = mine(*args, **kwargs)
@@ -110,14 +110,20 @@ def recording(loss):
         rec["noise"].append(out)
         return out
 
-    loss.miner.mine_similarity, loss.sample_noise = rec_mine, rec_noise
+    loss.miner.mine_fixed, loss.sample_noise = rec_mine, rec_noise
     return rec
 
 
-def split_noise(rec, n_data):
-    """Concatenate the per-chunk noise (2, n, P) along rows; the first n_data rows belong to the data term."""
+def valid_triplets(slots):
+    """The valid triplets of mine_fixed's slots (anchors, positives, negatives, valid) and the slot mask."""
+    return tuple(t[slots[3]] for t in slots[:3]), slots[3]
+
+
+def split_noise(rec, data_slots, proxy_slots):
+    """The noise (2, slots, P) of the valid slots of each term (the data term's slots come first)."""
     e = torch.cat(rec["noise"], dim=1)
-    return e[:, :n_data], e[:, n_data:]
+    n_data = len(data_slots[0])
+    return e[:, :n_data][:, data_slots[3]], e[:, n_data:][:, proxy_slots[3]]
 
 
 def run_against_reference(lca="gumbel", reduction="all", n=24, dim=8, p=32, seed=0, **kwargs):
@@ -129,10 +135,11 @@ def run_against_reference(lca="gumbel", reduction="all", n=24, dim=8, p=32, seed
     rec = recording(loss)
     out = loss(z, labels)
     out.backward()
-    data_t, proxy_t = rec["mine"]
+    data_slots, proxy_slots = rec["mine"]
+    (data_t, _), (proxy_t, _) = valid_triplets(data_slots), valid_triplets(proxy_slots)
     assert len(data_t[0]) > 0 and len(proxy_t[0]) > 0
     if lca == "gumbel":
-        e_data, e_proxy = split_noise(rec, len(data_t[0]))
+        e_data, e_proxy = split_noise(rec, data_slots, proxy_slots)
         assert e_proxy.shape[1] == len(proxy_t[0])
     else:
         assert rec["noise"] == []
@@ -286,13 +293,17 @@ def test_multiple_reducers_and_non_collided_reduction():
     data, prox = d["data_loss"]["losses"], d["proxy_loss"]["losses"]
     torch.testing.assert_close(mixed(z, labels), data[data > 0].mean() + prox.mean())
 
-    # reduction="non_collided": the reducer only sees non-collided triplets (mean over them)
-    nc_raw = HIERLoss(8, reduction="non_collided", reducer=reducers.DoNothingReducer(), **kw)
-    nc_raw.load_state_dict(mixed.state_dict())
-    rec = recording(nc_raw)
-    d_nc = nc_raw(z, labels)
-    assert len(d_nc["data_loss"]["losses"]) < len(rec["mine"][0][0])  # some collided triplets were dropped
-    assert d_nc["data_loss"]["divisor"] == len(d_nc["data_loss"]["losses"])
+    # Every slot reaches the reducer, weighted so that MeanReducer averages over the triplets that count: the valid
+    # ones ("all"), or the valid and non-collided ones ("non_collided"; collided triplets have loss 0 either way).
+    terms = {}
+    for reduction in ("all", "non_collided"):
+        raw = HIERLoss(8, reduction=reduction, reducer=reducers.DoNothingReducer(), collect_stats=True, **kw)
+        raw.load_state_dict(mixed.state_dict())
+        terms[reduction] = (raw(z, labels)["data_loss"], raw.num_data_triplets, raw.data_collision_rate)
+    (all_, valid, rate), (nc, _, _) = terms["all"], terms["non_collided"]
+    assert 0 < rate < 1 and 0 < valid <= len(all_["losses"])
+    assert all_["divisor"] == len(all_["losses"]) == len(nc["losses"])
+    torch.testing.assert_close(nc["losses"].mean(), all_["losses"].mean() / (1 - rate))
 
 
 def test_indices_tuple_replaces_mining_for_data_term():
@@ -315,7 +326,7 @@ def test_small_batches_are_graceful():
     for n in (1, 2, 3, 20):  # batch <= topk: every pair is mutual, no negatives -> the data term is zero
         z = ball_points(n, 8, n).requires_grad_()
         reduced = HIERLoss(8, num_proxies=32, topk=20, generator=0, reducer=reducers.DoNothingReducer())
-        assert reduced(z, torch.zeros(n, dtype=torch.long))["data_loss"]["losses"] == 0
+        assert (reduced(z, torch.zeros(n, dtype=torch.long))["data_loss"]["losses"] == 0).all()
         out = loss(z, torch.arange(n))
         out.backward()
         assert torch.isfinite(out) and torch.isfinite(z.grad).all()

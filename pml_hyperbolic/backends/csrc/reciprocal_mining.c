@@ -7,9 +7,10 @@
    - row i ranks j by (priority, S_ij) descending, ties to the lower j; priority 2 for j = i, 1 for a same-label j,
      0 otherwise. knn(i) = the first topk.
    - pos(i) = {j != i : j in knn(i) and i in knn(j)}; neg(i) = the other j (i itself only if !exclude_self).
-   - anchors: the i (ascending) with |pos(i)| >= 2 and |neg(i)| >= 1. Triplet s of anchor i takes the positive number
+   - every point i owns the tpa triplet slots i tpa ... i tpa + tpa - 1 (fixed shapes, no compaction); it is a valid
+     anchor if |pos(i)| >= 2 and |neg(i)| >= 1. Slot s of a valid anchor takes the positive number
      min(floor(u[i][0][s] |pos(i)|), |pos(i)| - 1) of pos(i) in index order (float32 product), the negative likewise
-     with u[i][1][s]; u is n x 2 x tpa uniforms in [0, 1).
+     with u[i][1][s]; u is n x 2 x tpa uniforms in [0, 1). The slots of an invalid anchor hold (i, i, i).
 
    Cost: n^2 topk comparisons at most (one pass per row) plus n tpa samples. */
 
@@ -65,11 +66,11 @@ static int all_finite(const float *x, int64_t m) {
     return !bad;
 }
 
-/* Returns the number of anchors (each gets tpa triplets in anchors/positives/negatives, which hold n tpa entries),
-   -1 if out of memory, or -2 if sim holds NaN or inf. */
+/* Writes the n tpa slots of anchors/positives/negatives and valid (n: 1 or 0 per anchor); returns the number of
+   valid anchors, -1 if out of memory, or -2 if sim holds NaN or inf. */
 int64_t reciprocal_triplets(const float *sim, int64_t n, const int64_t *labels, int64_t topk, int64_t tpa,
                             int exclude_self, const float *u, int64_t *anchors, int64_t *positives,
-                            int64_t *negatives) {
+                            int64_t *negatives, float *valid) {
     if (!all_finite(sim, n * n)) return -2;
     unsigned char *knn = calloc((size_t)(n * n > 0 ? n * n : 1), 1);
     int64_t *scratch = malloc(sizeof(int64_t) * (size_t)(2 * n + topk + 1));
@@ -89,16 +90,17 @@ int64_t reciprocal_triplets(const float *sim, int64_t n, const int64_t *labels, 
             else if (j != i || !exclude_self)
                 neg[n_neg++] = j;
         }
-        if (n_pos < 2 || n_neg < 1) continue;
+        const int ok = n_pos >= 2 && n_neg >= 1;
         const float *ui = u + i * 2 * tpa;
         for (int64_t s = 0; s < tpa; s++) {
             int64_t p = (int64_t)(ui[s] * (float)n_pos), q = (int64_t)(ui[tpa + s] * (float)n_neg);
-            const int64_t t = found * tpa + s;
+            const int64_t t = i * tpa + s;
             anchors[t] = i;
-            positives[t] = pos[p < n_pos ? p : n_pos - 1];
-            negatives[t] = neg[q < n_neg ? q : n_neg - 1];
+            positives[t] = ok ? pos[p < n_pos ? p : n_pos - 1] : i;
+            negatives[t] = ok ? neg[q < n_neg ? q : n_neg - 1] : i;
         }
-        found++;
+        valid[i] = (float)ok;
+        found += ok;
     }
     free(knn);
     free(scratch);
