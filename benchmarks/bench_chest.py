@@ -13,7 +13,7 @@ at most 2.5x pml's time.
 
 import torch
 import torch.nn.functional as F
-from bench_utils import device_parser, peak_memory_mb, print_table, step_fn, time_ms
+from bench_utils import device_parser, graphed, op_counts, peak_memory_mb, print_counts, print_table, step_fn, time_ms
 from pytorch_metric_learning.losses import SoftTripleLoss
 
 from pml_hyperbolic.layers import ToPoincare
@@ -52,12 +52,16 @@ def main():
             "CHESTLoss without HIER": chest(hier_weight=0.0),
             "CHESTLoss, HIER paper sizes": chest(hier_kwargs=HIER_PAPER),
         }
+        counted = ["pml SoftTripleLoss (D = 128)", "CHESTLoss (default, 64 + 64)"]
+        if device.type == "cuda":
+            fns["CHESTLoss (default), CUDA graph replay"] = graphed(fns["CHESTLoss (default, 64 + 64)"], device)
         small = num_classes < 1000 or device.type == "cuda"
         times = time_ms(fns, repeats=10 if small else 3, warmup=2 if small else 1, device=device)
         rows = {name: (times[name], peak_memory_mb(fn, device)) for name, fn in fns.items()}
         where = "2 threads" if device.type == "cpu" else str(device)
         print(f"\nC = {num_classes} classes x K = {K} proxies, D = {D}, batch {B} (forward + backward, {where})")
         print_table(rows, baseline="pml SoftTripleLoss (D = 128)")
+        print_counts({name: op_counts(fns[name], device) for name in counted})
 
 
 if __name__ == "__main__":

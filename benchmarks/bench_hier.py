@@ -6,23 +6,24 @@ ToPoincare(riemannian=True), 512 hierarchical proxies, topk = 20, 50 triplets pe
 Baseline, run in the same process: "official-style", the formulas of hier/losses.py re-implemented in this file for
 measurement only (not the official code): the (B+P)×(B+P)×D Möbius-addition distance tensor, a Python loop over
 anchors with numpy sampling, and F.gumbel_softmax with plain autograd. It needs ~7 GB at D = 512 (skip it with
---no-official). HIERLoss is timed with the official Gumbel LCAs, with lca="argmax" (no noise to draw) and, on CPU,
-with the Gumbel LCAs in its torch implementation instead of the C kernel (the fallback without a compiler).
+--no-official). HIERLoss is timed with the official Gumbel LCAs, with lca="argmax" (no noise to draw) and with
+torch ops only (no C / Triton kernels); on CUDA also replayed from a CUDA graph. Op counts: aten ops and syncing ops
+of one step (on CUDA also kernels launched and host syncs).
 
     python benchmarks/bench_hier.py [--dims 512 128] [--no-official] [--threads 2] [--device cuda]
 """
 
 import math
-from unittest import mock
 
 import numpy as np
 import torch
 import torch.nn.functional as F
-from bench_utils import device_parser, peak_memory_mb, print_table, time_ms
+from bench_utils import device_parser, graphed, op_counts, peak_memory_mb, print_counts, print_table, time_ms
 
+from pml_hyperbolic import backends
+from pml_hyperbolic.backends import native
 from pml_hyperbolic.layers import ToPoincare
 from pml_hyperbolic.losses import HIERLoss
-from pml_hyperbolic.backends import native
 
 B, P, C, CLIP, TOPK, T_PER_ANCHOR = 180, 512, 0.1, 2.3, 20, 50
 
@@ -88,10 +89,10 @@ class OfficialStyleHIER(torch.nn.Module):
 
 
 def without_kernel(step):
-    """``step`` with HIERLoss's torch implementation of the LCA pass (what runs where the C kernel cannot be built)."""
+    """``step`` with HIERLoss's torch implementation of everything (what runs without the C / Triton kernels)."""
 
     def no_kernel_step():
-        with mock.patch.object(native, "library", lambda: None):
+        with backends.use("torch"):
             step()
 
     return no_kernel_step
@@ -125,8 +126,10 @@ def main():
             "HIERLoss (official Gumbel LCAs)": run(HIERLoss(dim, **kwargs).to(device)),
             'HIERLoss lca="argmax"': run(HIERLoss(dim, lca="argmax", **kwargs).to(device)),
         }
-        if device.type == "cpu" and native.library() is not None:
-            ours["HIERLoss, Gumbel, without the C kernel"] = without_kernel(run(HIERLoss(dim, **kwargs)))
+        if device.type == "cpu" and native.library() is not None or device.type == "cuda":
+            ours["HIERLoss, Gumbel, torch ops only"] = without_kernel(run(HIERLoss(dim, **kwargs).to(device)))
+        if device.type == "cuda":
+            ours["HIERLoss (Gumbel), CUDA graph replay"] = graphed(ours["HIERLoss (official Gumbel LCAs)"], device)
         counts = HIERLoss(dim, collect_stats=True, **kwargs).to(device)
         counts(head(features), labels)
         print(
@@ -144,6 +147,7 @@ def main():
         for name, fn in ours.items():
             rows[name] = (times[name], peak_memory_mb(fn, device))
         print_table(rows, baseline=next(iter(rows)))
+        print_counts({name: op_counts(ours[name], device) for name in list(ours)[:2]})
 
 
 if __name__ == "__main__":

@@ -2,14 +2,16 @@
 
 Same sizes for both: K = 10 proxies per class, D = 128, batch 180, at CUB scale (100 classes) and SOP scale
 (11,318 classes). Inputs are realistic: ``ToPoincare`` of random features for the hyperbolic loss, L2-normalised
-random features for pml's. Target: at most 1.5x pml's time and 2x its memory at both scales.
+random features for pml's. Target: at most 1.5x pml's time and 2x its memory at both scales. Also printed: the aten
+ops of one step and those that would synchronise on a GPU (and, on CUDA, the kernels launched and host syncs), and on
+CUDA the step replayed from a CUDA graph.
 
     python benchmarks/bench_softtriple.py [--device cuda]
 """
 
 import torch
 import torch.nn.functional as F
-from bench_utils import device_parser, peak_memory_mb, print_table, step_fn, time_ms
+from bench_utils import device_parser, graphed, op_counts, peak_memory_mb, print_counts, print_table, step_fn, time_ms
 from pytorch_metric_learning.losses import SoftTripleLoss
 
 from pml_hyperbolic.layers import ToPoincare
@@ -40,10 +42,14 @@ def main():
                 labels,
             ),
         }
-        times = time_ms(fns, repeats=10 if num_classes < 1000 else 5, device=device)
+        counted = list(fns)[:2]
+        if device.type == "cuda":
+            fns["HyperbolicSoftTripleLoss, CUDA graph replay"] = graphed(fns["HyperbolicSoftTripleLoss"], device)
+        times = time_ms(fns, repeats=10 if num_classes < 1000 or device.type == "cuda" else 5, device=device)
         rows = {name: (times[name], peak_memory_mb(fn, device)) for name, fn in fns.items()}
         print(f"\nC = {num_classes} classes x K = {K} proxies, D = {D}, batch {B} (forward + backward, {device})")
         print_table(rows, baseline="pml SoftTripleLoss (cosine)")
+        print_counts({name: op_counts(fns[name], device) for name in counted})
 
 
 if __name__ == "__main__":

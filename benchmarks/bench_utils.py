@@ -80,6 +80,48 @@ def print_table(rows, baseline):
         print(f"{name:44s} {t:10.1f} {t / base_t:7.2f} {m:9.1f} {m / max(base_m, 1e-9):7.2f}")
 
 
+def op_counts(fn, device="cpu"):
+    """"aten ops / syncing ops" of one ``fn()`` call (``utils.profiling.count_ops``), and on CUDA also the kernels it
+    launches and the host synchronisations it makes (CUDA runtime calls that wait for the device)."""
+    from pml_hyperbolic.utils.profiling import count_ops
+
+    ops, syncs, _, _ = count_ops(fn)
+    text = f"{ops} ops / {syncs} syncing"
+    if torch.device(device).type == "cuda":
+        acts = [torch.profiler.ProfilerActivity.CPU, torch.profiler.ProfilerActivity.CUDA]
+        torch.cuda.synchronize(device)
+        with torch.profiler.profile(activities=acts) as prof:
+            fn()
+            torch.cuda.synchronize(device)
+        events = prof.events()
+        kernels = sum(e.device_type == torch.autograd.DeviceType.CUDA and "Memset" not in e.name
+                      and "Memcpy" not in e.name for e in events)
+        waits = sum(e.name in ("cudaStreamSynchronize", "cudaDeviceSynchronize", "cudaMemcpy", "cudaEventSynchronize")
+                    for e in events) - 1  # the profiler's own final synchronize
+        text += f"; {kernels} kernels / {waits} host syncs"
+    return text
+
+
+def graphed(fn, device):
+    """A callable that replays ``fn()`` (a training step on static tensors) captured in a CUDA graph."""
+    stream = torch.cuda.Stream(device)
+    stream.wait_stream(torch.cuda.current_stream(device))
+    with torch.cuda.stream(stream):
+        for _ in range(3):
+            fn()
+    torch.cuda.current_stream(device).wait_stream(stream)
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        fn()
+    return graph.replay
+
+
+def print_counts(counts):
+    """counts: {name: op_counts text}."""
+    for name, text in counts.items():
+        print(f"{name:44s} {text}")
+
+
 def step_fn(loss_fn, embeddings, labels):
     """One forward + backward of ``loss_fn`` (gradients reset first, as in a training step)."""
 

@@ -49,7 +49,9 @@ from . import launch
 # A pair is recomputed from exact differences when A_ij <= KAPPA (u_i + v_j) (see the module docstring).
 KAPPA = 0.1
 _BM, _BN, _BK = 64, 64, 32  # forward tile and reduction step
-_BD_MAX = 128  # backward: width of the gradient block a program accumulates
+# backward: the width of the gradient block a program accumulates (64 or 128, tuned on CUDA), 8 warps: no register
+# spills at 64, a few at 128 (sm_90); fewer blocks re-read G and q fewer times.
+_BD_CHOICES = (64, 128)
 
 
 @triton.jit
@@ -164,6 +166,12 @@ def _weights(g_ptr, q_ptr, rm, rn, in_m, in_n, M, inv_sqrt_c):
     return e, q, qs < 0
 
 
+def _tuned(kernel):
+    """The kernel with its block width BD tuned per D on CUDA (compiled once per choice, timed at the first call)."""
+    configs = [triton.Config({"BD": bd}, num_warps=8) for bd in _BD_CHOICES]
+    return triton.autotune(configs, key=["D"])(kernel)
+
+
 @triton.jit
 def _backward_x(x_ptr, y_ptr, g_ptr, q_ptr, a_ptr, b_ptr, out_ptr, N, M, D, two_c, inv_sqrt_c, tiles_per_split,
                 BM: tl.constexpr, BN: tl.constexpr, BD: tl.constexpr):
@@ -264,7 +272,7 @@ def forward(x, y, c, need_q):
     grid = (triton.cdiv(n, _BM), triton.cdiv(m, _BN))
     with launch("cdist_forward", x.device):
         _forward[grid](x, y, d, q, a, b, n, m, dim, c_hi, c - c_hi, KAPPA,
-                       STORE_Q=need_q, BM=_BM, BN=_BN, BK=_block_k(dim), num_warps=4)
+                       STORE_Q=need_q, BM=_BM, BN=_BN, BK=_block_k(dim), num_warps=8)
     return d, (q if need_q else None), a, b
 
 
@@ -275,31 +283,38 @@ def _split(tiles, other_programs, device):
     return -(-tiles // per), per
 
 
+_TUNED = {}  # backward kernel -> its autotuned version (CUDA)
+
+
+def _launch_backward(kernel, tiles, other_tiles, rows, pointers, scalars, name):
+    """One backward kernel over ``tiles`` × D-blocks × splits of its loop over ``other_tiles``: (rows × D) float32."""
+    x = pointers[0]
+    dim = x.shape[1]
+    narrow = max(16, min(_BD_CHOICES[0], triton.next_power_of_2(dim)))  # the block width with the most blocks
+    splits, per = _split(other_tiles, tiles * triton.cdiv(dim, narrow), x.device)
+    out = torch.empty(splits, rows, dim, dtype=torch.float32, device=x.device)
+    args = (*pointers, out, *scalars, per)
+    with launch(name, x.device):
+        if x.device.type == "cuda" and dim > narrow:
+            tuned = _TUNED.setdefault(kernel, _tuned(kernel))
+            tuned[lambda meta: (tiles, triton.cdiv(dim, meta["BD"]), splits)](*args, BM=_BM, BN=_BN)
+        else:
+            kernel[(tiles, triton.cdiv(dim, narrow), splits)](*args, BM=_BM, BN=_BN, BD=narrow, num_warps=8)
+    return out[0] if splits == 1 else out.sum(0)
+
+
 def backward(x, y, grad, q, a, b, c, need_x, need_y):
     """(dL/dx, dL/dy) for ``grad`` = dL/dd (N×M) and the forward's q, a, b (None for a gradient not needed)."""
     n, m, dim = x.shape[0], y.shape[0], x.shape[1]
-    grad = grad.to(torch.float32).contiguous()
-    bd = max(16, min(_BD_MAX, triton.next_power_of_2(dim)))
-    chunks = triton.cdiv(dim, bd)
-    args = (grad, q, a, b)
+    pointers = (x, y, grad.to(torch.float32).contiguous(), q, a, b)
     scalars = (n, m, dim, 2.0 * c, 1.0 / math.sqrt(c))
     grad_x = grad_y = None
     if need_x:
-        row_tiles = triton.cdiv(n, _BM)
-        splits, per = _split(triton.cdiv(m, _BN), row_tiles * chunks, x.device)
-        out = torch.empty(splits, n, dim, dtype=torch.float32, device=x.device)
-        with launch("cdist_backward_x", x.device):
-            _backward_x[(row_tiles, chunks, splits)](x, y, *args, out, *scalars, per, BM=_BM, BN=_BN, BD=bd,
-                                                     num_warps=4)
-        grad_x = out[0] if splits == 1 else out.sum(0)
+        grad_x = _launch_backward(_backward_x, triton.cdiv(n, _BM), triton.cdiv(m, _BN), n, pointers, scalars,
+                                  "cdist_backward_x")
     if need_y:
-        col_tiles = triton.cdiv(m, _BN)
-        splits, per = _split(triton.cdiv(n, _BM), col_tiles * chunks, x.device)
-        out = torch.empty(splits, m, dim, dtype=torch.float32, device=x.device)
-        with launch("cdist_backward_y", x.device):
-            _backward_y[(col_tiles, chunks, splits)](x, y, *args, out, *scalars, per, BM=_BM, BN=_BN, BD=bd,
-                                                     num_warps=4)
-        grad_y = out[0] if splits == 1 else out.sum(0)
+        grad_y = _launch_backward(_backward_y, triton.cdiv(m, _BN), triton.cdiv(n, _BM), m, pointers, scalars,
+                                  "cdist_backward_y")
     return grad_x, grad_y
 
 
