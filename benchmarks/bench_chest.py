@@ -18,7 +18,7 @@ from pytorch_metric_learning.losses import SoftTripleLoss
 
 from pml_hyperbolic.layers import ToPoincare
 from pml_hyperbolic.losses import CHESTLoss
-from pml_hyperbolic.losses.chest_loss import HIER_DEFAULTS
+from pml_hyperbolic.losses.chest_loss import HIER_DEFAULTS, HYPHC_DEFAULTS
 
 K, D, D_E, B = 10, 128, 64, 180
 HIER_PAPER = dict(num_proxies=512, topk=20, triplets_per_anchor=50)
@@ -28,7 +28,7 @@ def main():
     device = device_parser().parse_args().device
     torch.set_num_threads(2)
     torch.manual_seed(0)
-    print(f"CHEST default: HIER {HIER_DEFAULTS}")
+    print(f"CHEST default: regularizer HypHC {HYPHC_DEFAULTS}; HIER rows: {HIER_DEFAULTS}")
     for num_classes in (100, 11318):
         labels = torch.randperm(num_classes)[:90].repeat_interleave(2).to(device)
         features = torch.randn(B, D, device=device)
@@ -40,7 +40,7 @@ def main():
             loss_fn = CHESTLoss(num_classes, D, euclidean_dim=D_E, centers_per_class=K, **kwargs).to(device)
             return step_fn(loss_fn, layout_b, labels)
 
-        only = dict(hyperbolic_weight=0.0, euclidean_weight=0.0, hier_weight=0.0)
+        only = dict(hyperbolic_weight=0.0, euclidean_weight=0.0, regularizer=None)
         fns = {
             "pml SoftTripleLoss (D = 128)": step_fn(
                 SoftTripleLoss(num_classes, D, centers_per_class=K).to(device), sphere, labels
@@ -48,9 +48,9 @@ def main():
             "CHESTLoss (default, 64 + 64)": chest(),
             "  part: hyperbolic SoftTriple (64)": chest(**{**only, "hyperbolic_weight": 1.0}),
             "  part: Euclidean pml SoftTriple (64)": chest(**{**only, "euclidean_weight": 1.0}),
-            "  part: HIER (default)": chest(**{**only, "hier_weight": 0.5}),
-            "CHESTLoss without HIER": chest(hier_weight=0.0),
-            "CHESTLoss, HIER paper sizes": chest(hier_kwargs=HIER_PAPER),
+            "CHESTLoss without regularizer": chest(regularizer=None),
+            "CHESTLoss with HIER": chest(regularizer="hier"),
+            "CHESTLoss with HIER, paper sizes": chest(regularizer="hier", regularizer_kwargs=HIER_PAPER),
         }
         counted = ["pml SoftTripleLoss (D = 128)", "CHESTLoss (default, 64 + 64)"]
         if device.type == "cuda":

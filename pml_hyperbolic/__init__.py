@@ -2,4 +2,4 @@
 
 __version__ = "0.1.0"
 
-from . import datasets, distances, layers, losses, miners, poincare, utils  # noqa: E402,F401
+from . import datasets, distances, layers, losses, miners, poincare, regularizers, utils  # noqa: E402,F401

@@ -1,14 +1,19 @@
-"""Datasets for the runner: the readers of :mod:`pml_hyperbolic.datasets` with the benchmark transforms, the
-zero-shot evaluation protocol of each dataset, and generated images for throughput runs."""
+"""What the runner trains and evaluates on: the readers of :mod:`pml_hyperbolic.datasets` with each dataset's
+zero-shot protocol, an optional validation split carved from the training classes, and generated images. How the
+images reach the device is :mod:`.pipeline`'s job."""
 
 import dataclasses
+import math
 import os
 
 import numpy as np
 import torch
-from torchvision import transforms as T
+from PIL import Image
 
 from pml_hyperbolic import datasets
+
+from .errors import UsageError
+from .images import ImageSet
 
 IMAGE_DATASETS = {
     "cub": datasets.CUB,
@@ -16,71 +21,82 @@ IMAGE_DATASETS = {
     "sop": datasets.StanfordOnlineProducts,
     "inshop": datasets.InShop,
 }
-DATASETS = ("digits", "tree", *IMAGE_DATASETS, "synthetic-images")
-IMAGENET_MEAN, IMAGENET_STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
+DATASETS = ("digits", "fashion-mnist", "tree", *IMAGE_DATASETS, "synthetic-images")
+RECALL_AT = {name: reader.recall_at for name, reader in IMAGE_DATASETS.items()}
+SMALL_DATASETS = ("digits", "fashion-mnist", "tree")  # in-memory tensors, small trunks
 
 
 @dataclasses.dataclass
 class Data:
-    """What the runner trains and evaluates on (pml's ``dataset_dict`` / ``splits_to_eval`` conventions)."""
+    """What the runner trains and evaluates on (pml's ``dataset_dict`` / ``splits_to_eval`` conventions). Image
+    datasets are :class:`~.pipeline.ImageSet` objects, the others in-memory datasets; all have ``labels``."""
 
     train: torch.utils.data.Dataset
     eval_sets: dict  # split name -> dataset
-    splits_to_eval: list  # [(query split, [reference splits])]
+    splits_to_eval: list  # [(query split, [reference splits])], the validation split first when there is one
     recall_at: tuple
     class_tree: object = None  # ClassTree of the evaluation classes, if the dataset has a hierarchy
 
     @property
     def query_split(self):
-        return self.splits_to_eval[0][0]
+        """The test split whose metrics are reported."""
+        return self.splits_to_eval[-1][0]
+
+    @property
+    def val_split(self):
+        return "val" if "val" in self.eval_sets else None
 
 
 class SyntheticImages(torch.utils.data.Dataset):
-    """Generated, already normalised (3, size, size) images: each class a random smooth colour pattern, each image
-    that pattern plus noise. Deterministic per index; for throughput measurements and smoke tests."""
+    """Generated RGB images, ``(PIL image, label)`` items like the readers': each class a random smooth colour
+    pattern, each image that pattern plus noise, stored as uint8 (size, size, 3). Deterministic for a seed; for
+    throughput measurements and smoke tests (the decoded cache holds them, so training is what gets measured)."""
 
     recall_at = (1, 2, 4, 8)
 
     def __init__(self, num_classes=100, images_per_class=10, size=224, seed=0):
-        self.size, self.seed = size, seed
-        self.labels = np.repeat(np.arange(num_classes), images_per_class).astype(np.int64)
         g = torch.Generator().manual_seed(seed)
-        self.patterns = torch.nn.functional.interpolate(
-            torch.randn(num_classes, 3, 4, 4, generator=g), size=size, mode="bilinear"
-        )
+        patterns = torch.rand(num_classes, 3, 4, 4, generator=g)
+        self.labels = np.repeat(np.arange(num_classes), images_per_class).astype(np.int64)
+        self.images = torch.empty(len(self.labels), size, size, 3, dtype=torch.uint8)
+        for c in range(num_classes):
+            smooth = torch.nn.functional.interpolate(patterns[c : c + 1], size=size, mode="bilinear")
+            noisy = smooth + 0.15 * torch.randn(images_per_class, 3, size, size, generator=g)
+            rows = slice(c * images_per_class, (c + 1) * images_per_class)
+            self.images[rows] = (noisy.clamp(0, 1) * 255).round().to(torch.uint8).permute(0, 2, 3, 1)
 
     def __len__(self):
         return len(self.labels)
 
     def __getitem__(self, idx):
-        g = torch.Generator().manual_seed(self.seed * 1_000_003 + int(idx))
-        label = self.labels[idx]
-        return self.patterns[label] + 0.5 * torch.randn(3, self.size, self.size, generator=g), label
+        return Image.fromarray(self.images[idx].numpy()), self.labels[idx]
 
 
-def image_transforms(image_size, mean, std, crop_min_scale):
-    """(train, eval) transforms of the HIER / Hyp-ViT recipes: RandomResizedCrop + flip; Resize(256/224) + center
-    crop; bicubic; normalised with the backbone's mean and std."""
-    bicubic = T.InterpolationMode.BICUBIC
-    normalize = [T.ToTensor(), T.Normalize(mean, std)]
-    train = T.Compose(
-        [
-            T.RandomResizedCrop(image_size, scale=(crop_min_scale, 1.0), interpolation=bicubic),
-            T.RandomHorizontalFlip(),
-            *normalize,
-        ]
-    )
-    test = T.Compose(
-        [T.Resize(round(image_size * 256 / 224), interpolation=bicubic), T.CenterCrop(image_size), *normalize]
-    )
-    return train, test
+class LabelledSubset(torch.utils.data.Subset):
+    """``torch.utils.data.Subset`` that keeps ``labels``."""
+
+    def __init__(self, dataset, indices):
+        super().__init__(dataset, indices)
+        self.labels = np.asarray(dataset.labels)[indices]
+        self.class_tree = getattr(dataset, "class_tree", None)
 
 
-def load_data(cfg, backbone_cfg=None):
-    """The train set and the evaluation protocol of ``cfg.dataset`` (test classes unseen in training). Images are
-    normalised with the mean and std of ``backbone_cfg`` (timm's ``pretrained_cfg``), else ImageNet's."""
+def load_data(cfg):
+    """The train set and evaluation protocol of ``cfg.dataset`` (test classes unseen in training); with
+    ``cfg.val_fraction`` a validation split of held-out training classes comes first in ``splits_to_eval``. A
+    missing dataset raises :class:`~.errors.UsageError` with the reader's message (what to get, where to put it)."""
+    try:
+        return _with_validation(cfg, _load(cfg))
+    except FileNotFoundError as e:
+        raise UsageError(str(e)) from e
+
+
+def _load(cfg):
     if cfg.dataset == "digits":
         train, test = datasets.Digits("train"), datasets.Digits("test")
+    elif cfg.dataset == "fashion-mnist":
+        train = datasets.FashionMNIST(cfg.data_root, "train")
+        test = datasets.FashionMNIST(cfg.data_root, "test")
     elif cfg.dataset == "tree":
         kw = dict(
             branching=cfg.tree_branching,
@@ -93,34 +109,64 @@ def load_data(cfg, backbone_cfg=None):
         )
         train, test = datasets.SyntheticTree("train", **kw), datasets.SyntheticTree("test", **kw)
     elif cfg.dataset == "synthetic-images":
-        train = SyntheticImages(cfg.synthetic_classes, cfg.synthetic_images_per_class, cfg.image_size, seed=0)
-        test = SyntheticImages(cfg.synthetic_classes, cfg.synthetic_images_per_class, cfg.image_size, seed=1)
+        sizes = (cfg.synthetic_classes, cfg.synthetic_images_per_class, cfg.image_size)
+        train = ImageSet(SyntheticImages(*sizes, seed=0), key=("synthetic", *sizes, 0))
+        test = ImageSet(SyntheticImages(*sizes, seed=1), key=("synthetic", *sizes, 1))
     elif cfg.dataset in IMAGE_DATASETS:
         reader = IMAGE_DATASETS[cfg.dataset]
         root = cfg.data_root or os.path.join("data", reader.folder_name)
-        backbone_cfg = backbone_cfg or {}
-        mean, std = backbone_cfg.get("mean", IMAGENET_MEAN), backbone_cfg.get("std", IMAGENET_STD)
-        train_tf, test_tf = image_transforms(cfg.image_size, mean, std, cfg.crop_min_scale)
-        train = reader(root, "train", transform=train_tf)
+
+        def split(name):
+            ds = reader(root, name)
+            return ImageSet(ds, key=(cfg.dataset, os.path.abspath(ds.root), name))
+
+        train = split("train")
         if cfg.dataset == "inshop":
-            query, gallery = reader(root, "query", transform=test_tf), reader(root, "gallery", transform=test_tf)
-            return Data(
-                train,
-                {"query": query, "gallery": gallery},
-                [("query", ["gallery"])],
-                reader.recall_at,
-                query.class_tree,
-            )
-        test = reader(root, "test", transform=test_tf)
+            query, gallery = split("query"), split("gallery")
+            eval_sets, splits = {"query": query, "gallery": gallery}, [("query", ["gallery"])]
+            return Data(train, eval_sets, splits, reader.recall_at, query.reader.class_tree)
+        test = split("test")
     else:
         raise ValueError(f"Unknown dataset {cfg.dataset!r}; choose one of {', '.join(DATASETS)}.")
-    return Data(train, {"test": test}, [("test", ["test"])], type(test).recall_at, getattr(test, "class_tree", None))
+    tree = getattr(getattr(test, "reader", test), "class_tree", None)
+    recall_at = getattr(getattr(test, "reader", test), "recall_at", (1, 2, 4, 8))
+    return Data(train, {"test": test}, [("test", ["test"])], recall_at, tree)
+
+
+def _with_validation(cfg, data):
+    """Move the last ``cfg.val_fraction`` of the training classes (in label order) to a ``val`` split."""
+    fraction = getattr(cfg, "val_fraction", 0) or 0
+    if not fraction:
+        return data
+    labels = np.asarray(data.train.labels)
+    classes = np.unique(labels)
+    n_val = max(1, math.ceil(fraction * len(classes)))
+    if len(classes) - n_val < 2:
+        raise UsageError(
+            f"--val-fraction {fraction} leaves {len(classes) - n_val} of the {len(classes)} training classes for "
+            "training; use a smaller fraction."
+        )
+    in_val = np.isin(labels, classes[-n_val:])
+    train, val = _subset(data.train, ~in_val, "train"), _subset(data.train, in_val, "val")
+    return Data(
+        train, {"val": val, **data.eval_sets}, [("val", ["val"])] + data.splits_to_eval, data.recall_at, data.class_tree
+    )
+
+
+def _subset(dataset, mask, name):
+    indices = np.flatnonzero(mask)
+    if isinstance(dataset, ImageSet):
+        key = None if dataset.key is None else (*dataset.key, name)
+        return ImageSet(dataset.reader, dataset.indices[indices], key=key)
+    return LabelledSubset(dataset, indices)
 
 
 def input_shape(cfg):
     """Shape of one input item of ``cfg.dataset`` (to size the small trunks)."""
     if cfg.dataset == "digits":
         return (1, 8, 8)
+    if cfg.dataset == "fashion-mnist":
+        return (1, 28, 28)
     if cfg.dataset == "tree":
         return (cfg.tree_dim,)
     return (3, cfg.image_size, cfg.image_size)

@@ -23,8 +23,8 @@ def init(device):
         local_rank = int(os.environ.get("LOCAL_RANK", 0))
         if local_rank >= torch.cuda.device_count():
             raise RuntimeError(
-                f"torchrun started local rank {local_rank} but this node has {torch.cuda.device_count()} GPU(s): run at "
-                "most one process per GPU (--nproc_per_node), or train on CPU with --device cpu."
+                f"torchrun started local rank {local_rank} but this node has {torch.cuda.device_count()} GPU(s): run "
+                "at most one process per GPU (--nproc_per_node), or train on CPU with --device cpu."
             )
         device = torch.device("cuda", local_rank)
         torch.cuda.set_device(device)

@@ -82,7 +82,7 @@ def hyperbolic_softtriple(cfg, num_classes):
     proxies at 10³× the learning rate (``benchmarks/digits_softtriple.py``'s choice: proxy lr 1.0 for lr 1e-3)."""
     loss = HyperbolicSoftTripleLoss(num_classes, cfg.embedding_size, c=cfg.curvature, clip_r=cfg.clip_r)
     return LossSetup(
-        loss, "ball", POINCARE, [(loss, _scale(cfg, 1e3))], proxies=lambda l: {"class proxies": l.get_proxies()}
+        loss, "ball", POINCARE, [(loss, _scale(cfg, 1e3))], proxies=lambda loss: {"class proxies": loss.get_proxies()}
     )
 
 
@@ -110,7 +110,7 @@ def proxy_anchor_hier(cfg, num_classes):
         [(pa, _scale(cfg, 100)), (hier, cfg.hier_lr_scale)],
         head_layer_norm=True,
         riemannian=True,
-        lca_proxies=lambda l: l.losses["hier"].get_proxies(),
+        lca_proxies=lambda loss: loss.losses["hier"].get_proxies(),
     )
 
 
@@ -132,8 +132,8 @@ def chest(cfg, num_classes):
         spaces,
         [(loss, _scale(cfg, 10))],
         head=head,
-        lca_proxies=lambda l: l.hier_loss.get_proxies(),
-        proxies=lambda l: {"class proxies": l.hyperbolic_loss.get_proxies()},
+        lca_proxies=(lambda loss: loss.regularizer.get_proxies()) if loss.regularizer_name == "hier" else None,
+        proxies=lambda loss: {"class proxies": loss.hyperbolic_loss.get_proxies()},
     )
 
 

@@ -1,11 +1,16 @@
-"""Trunks (small networks for digits, the tree and tests; timm backbones for images) and embedding heads."""
+"""Trunks (small networks for digits, Fashion-MNIST, the tree and tests; timm backbones for images) and embedding
+heads."""
 
 import os
+import socket
+import urllib.parse
 
 import timm
 import torch
 
 from pml_hyperbolic.layers import ToPoincare
+
+from .errors import UsageError
 
 SMALL_TRUNKS = ("mlp", "cnn", "tiny_cnn")
 
@@ -27,8 +32,9 @@ class MLP(torch.nn.Sequential):
 
 
 class SmallCNN(torch.nn.Sequential):
-    """Three 3×3 conv-BatchNorm-ReLU blocks (stride 2 after the first two when ``downsample``) and global average
-    pooling: ``cnn`` for 8×8 digits (no downsampling), ``tiny_cnn`` for small RGB images in tests and smoke runs."""
+    """Three 3×3 conv-BatchNorm-ReLU blocks (stride 2 in the first two when ``downsample``) and global average
+    pooling: ``cnn`` for 8×8 digits (no downsampling) and 28×28 Fashion-MNIST (downsampling), ``tiny_cnn`` for small
+    RGB images in tests and smoke runs."""
 
     def __init__(self, in_channels, widths=(32, 64, 128), downsample=False):
         layers, c = [], in_channels
@@ -51,18 +57,23 @@ def build_trunk(name, input_shape, pretrained=True, pretrained_path=None, global
     if name == "mlp":
         return MLP(numel)
     if name == "cnn":
-        return SmallCNN(input_shape[0])
+        return SmallCNN(input_shape[0], downsample=input_shape[-1] > 16)
     if name == "tiny_cnn":
         return SmallCNN(input_shape[0], widths=(16, 32, 64), downsample=True)
     return timm_trunk(name, pretrained, pretrained_path, global_pool, image_size=input_shape[-1])
 
 
+def timm_model_exists(name):
+    return timm.is_model(name)
+
+
 def timm_trunk(name, pretrained=True, pretrained_path=None, global_pool=None, image_size=None):
-    """A timm backbone without classifier; clear errors for unknown names, missing files and offline downloads.
+    """A timm backbone without classifier. Pretrained weights come from ``pretrained_path``, else from timm's caches
+    (Hugging Face or torch hub), else are downloaded; without a network the error says so at once (no retries).
     Models with a fixed input size (ViTs) are built for ``image_size`` (timm adapts pretrained position
     embeddings)."""
-    if not timm.is_model(name):
-        raise ValueError(
+    if not timm_model_exists(name):
+        raise UsageError(
             f"Unknown backbone {name!r}: use one of {', '.join(SMALL_TRUNKS)} or a timm model name "
             "(e.g. resnet50, vit_small_patch16_224, deit_small_distilled_patch16_224, vit_small_patch16_224.dino)."
         )
@@ -73,26 +84,69 @@ def timm_trunk(name, pretrained=True, pretrained_path=None, global_pool=None, im
     if image_size is not None and default_cfg is not None and default_cfg.fixed_input_size:
         if image_size != default_cfg.input_size[-1]:
             kwargs["img_size"] = image_size
+    if not pretrained:
+        return timm.create_model(name, pretrained=False, **kwargs)
+    if pretrained_path is None:
+        pretrained_path = cached_weights(default_cfg)
     if pretrained_path is not None:
         if not os.path.isfile(pretrained_path):
-            raise FileNotFoundError(
+            raise UsageError(
                 f"--pretrained-path {pretrained_path!r} is not a file. Pass a state dict of {name!r} saved with "
                 "torch.save or as .safetensors (e.g. the file timm downloads from huggingface.co/timm)."
             )
         return timm.create_model(name, pretrained=True, pretrained_cfg_overlay={"file": pretrained_path}, **kwargs)
-    if not pretrained:
-        return timm.create_model(name, pretrained=False, **kwargs)
-    print(f"Loading pretrained weights of {name!r} with timm (from its Hugging Face cache, or downloaded into it).")
+    offline = UsageError(
+        f"The pretrained weights of {name!r} are not in timm's caches (~/.cache/huggingface, ~/.cache/torch) and "
+        f"{weights_host(default_cfg)} cannot be reached. Copy the weights file here and pass it with "
+        f'--pretrained-path FILE, or fill the cache on a connected machine (python -c "import timm; '
+        f"timm.create_model('{name}', pretrained=True)\") and copy it, or train from scratch with --no-pretrained."
+    )
+    if not host_reachable(weights_host(default_cfg)):
+        raise offline
+    print(f"Downloading the pretrained weights of {name!r} with timm.")
     try:
         return timm.create_model(name, pretrained=True, **kwargs)
     except OSError as e:
-        raise RuntimeError(
-            f"Could not get the pretrained weights of {name!r} ({type(e).__name__}: {e}). This machine seems to be "
-            "offline, and the weights are not in the Hugging Face cache (~/.cache/huggingface). Either copy the "
-            "weights file here and pass it with --pretrained-path FILE, or fill the cache on a connected machine "
-            f"(python -c \"import timm; timm.create_model('{name}', pretrained=True)\") and copy it, or train from "
-            "scratch with --no-pretrained."
-        ) from e
+        raise offline from e
+
+
+def cached_weights(pretrained_cfg):
+    """The local file of a timm model's pretrained weights in the Hugging Face or torch hub cache, or None."""
+    if pretrained_cfg is None:
+        return None
+    if pretrained_cfg.hf_hub_id:
+        from huggingface_hub import try_to_load_from_cache  # a dependency of timm
+
+        repo, _, revision = pretrained_cfg.hf_hub_id.partition("@")
+        for filename in filter(None, (pretrained_cfg.hf_hub_filename, "model.safetensors", "pytorch_model.bin")):
+            path = try_to_load_from_cache(repo, filename, revision=revision or None)
+            if isinstance(path, str):
+                return path
+    if pretrained_cfg.url:
+        name = os.path.basename(urllib.parse.urlparse(pretrained_cfg.url).path)
+        path = os.path.join(torch.hub.get_dir(), "checkpoints", name)
+        if os.path.isfile(path):
+            return path
+    return None
+
+
+def weights_host(pretrained_cfg):
+    """The host timm downloads a model's weights from."""
+    if pretrained_cfg is not None and not pretrained_cfg.hf_hub_id and pretrained_cfg.url:
+        return urllib.parse.urlparse(pretrained_cfg.url).hostname
+    return urllib.parse.urlparse(os.environ.get("HF_ENDPOINT", "https://huggingface.co")).hostname
+
+
+def host_reachable(host, timeout=3.0):
+    """Whether a TCP connection to ``host``:443 opens within ``timeout`` seconds (False in Hugging Face's offline
+    mode)."""
+    if os.environ.get("HF_HUB_OFFLINE", "0").lower() in ("1", "true", "yes", "on"):
+        return False
+    try:
+        socket.create_connection((host, 443), timeout=timeout).close()
+        return True
+    except OSError:
+        return False
 
 
 class EmbeddingHead(torch.nn.Module):

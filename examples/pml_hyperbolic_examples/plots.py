@@ -19,47 +19,61 @@ PROXY_STYLE = {
 
 
 def _spaces(row):
-    return [k for k, v in row.items() if isinstance(v, dict)]
+    return [k for k, v in row.items() if isinstance(v, dict) and k != "val"]
 
 
-def plot_history(epochs, path, title=""):
-    """Recall@K (left) and MAP@R (right) per epoch; the first evaluation space solid, others dashed."""
+LINE_STYLES = ("-", "--", ":", "-.")
+
+
+def plot_history(epochs, path, title="", reported=None):
+    """Recall@K (left) and MAP@R (right) of the test classes per epoch. Colour: the metric (the same K has the same
+    colour in every space); line style: the evaluation space (solid: the first, which the run reports); grey dotted
+    line: the reported epoch (``reported``, a :meth:`~.history.History.result` row)."""
     rows = [r for r in epochs if _spaces(r)]
     if not rows:
-        return
-    fig = Figure(figsize=(10, 4), layout="constrained")
+        return None
+    fig = Figure(figsize=(11, 4.2), layout="constrained")
     ax_r, ax_m = fig.subplots(1, 2)
+    x = [r["epoch"] for r in rows]
+    recall = [m for m in rows[0][_spaces(rows[0])[0]] if m.startswith("recall_at_")]
     for i, space in enumerate(_spaces(rows[0])):
-        x = [r["epoch"] for r in rows]
-        style = "-" if i == 0 else "--"
-        for metric in rows[0][space]:
+        style = LINE_STYLES[i % len(LINE_STYLES)]
+        for j, metric in enumerate(recall):
             y = [100 * r[space][metric] for r in rows]
-            if metric.startswith("recall_at_"):
-                ax_r.plot(x, y, style, marker="o", ms=3, label=f"R@{metric[10:]} ({space})")
-            elif metric == "mean_average_precision_at_r":
-                ax_m.plot(x, y, style, marker="o", ms=3, label=f"MAP@R ({space})")
-    _style_axes(ax_r, "Recall@K (%)", ax_m)
+            ax_r.plot(x, y, style, color=f"C{j}", marker="o", ms=3, label=f"R@{metric[10:]}, {space} space")
+        y = [100 * r[space]["mean_average_precision_at_r"] for r in rows]
+        ax_m.plot(x, y, style, color="C0", marker="o", ms=3, label=f"MAP@R, {space} space")
+    _style_axes(ax_r, "Recall@K on the test classes (%)", ax_m)
     for ax in (ax_r, ax_m):
-        ax.legend(fontsize=8)
-    fig.suptitle(title)
+        if reported is not None:
+            ax.axvline(reported["epoch"], color="0.5", ls=":", label=f"reported epoch ({reported['selected_by']})")
+        ax.legend(fontsize=7)
+    fig.suptitle(f"{title}: retrieval on test classes unseen in training, per epoch" if title else "")
     fig.savefig(path, dpi=120)
+    return fig
 
 
 def plot_comparison(histories, path):
-    """Recall@1 and MAP@R per epoch for several runs ``{name: history rows}``."""
-    fig = Figure(figsize=(11, 4), layout="constrained")
+    """Recall@1 and MAP@R on the test classes per epoch for several runs ``{name: history rows}`` (each run's first
+    evaluation space); one colour per run, the same in both panels."""
+    fig = Figure(figsize=(11, 4.2), layout="constrained")
     ax_r, ax_m = fig.subplots(1, 2)
-    for name, epochs in histories.items():
+    for i, (name, epochs) in enumerate(histories.items()):
         rows = [r for r in epochs if _spaces(r)]
         if not rows:
             continue
         space = _spaces(rows[0])[0]
         x = [r["epoch"] for r in rows]
-        ax_r.plot(x, [100 * r[space]["recall_at_1"] for r in rows], marker="o", ms=3, label=name)
-        ax_m.plot(x, [100 * r[space]["mean_average_precision_at_r"] for r in rows], marker="o", ms=3, label=name)
-    _style_axes(ax_r, "Recall@1 (%)", ax_m)
-    ax_m.legend(fontsize=8)
+        label = f"{name} ({space} space)"
+        style = dict(color=f"C{i % 10}", marker="o", ms=3, label=label)
+        ax_r.plot(x, [100 * r[space]["recall_at_1"] for r in rows], **style)
+        ax_m.plot(x, [100 * r[space]["mean_average_precision_at_r"] for r in rows], **style)
+    _style_axes(ax_r, "Recall@1 on the test classes (%)", ax_m)
+    for ax in (ax_r, ax_m):
+        ax.legend(fontsize=7)
+    fig.suptitle("Retrieval on test classes unseen in training, per epoch")
     fig.savefig(path, dpi=120)
+    return fig
 
 
 def embedding_map(embeddings, labels, c=None, proxies=None, max_classes=20, max_points=2000, max_pairs_points=300):
@@ -123,7 +137,9 @@ def _top_axes(x):
 
 
 def draw_map(ax, m, title=""):
-    """Draw an :func:`embedding_map` result on ``ax``."""
+    """Draw an :func:`embedding_map` result on ``ax``: one colour per test class (the first 20 classes), proxies in
+    black; the subtitle says how the map was made and how faithful it is (Spearman correlation between pairwise
+    distances in the embedding space and on the map)."""
     if m["kind"] == "poincare":
         theta = np.linspace(0, 2 * np.pi, 400)
         ax.plot(np.cos(theta), np.sin(theta), color="0.3", lw=1)
@@ -142,24 +158,29 @@ def draw_map(ax, m, title=""):
             color=colors[label],
             alpha=0.7,
             lw=0,
-            label=f"class {label}" if len(classes) <= 10 else None,
+            label=f"test class {label}" if len(classes) <= 10 else None,
         )
     for name, points in m["proxies"].items():
         ax.scatter(points[:, 0], points[:, 1], label=name, **PROXY_STYLE.get(name, dict(marker="+", s=14, c="black")))
-    if m["proxies"] or len(classes) <= 10:
-        ax.legend(fontsize=7, loc="lower right", markerscale=2)
+    if len(classes) > 10:  # one legend entry for all the class colours
+        ax.scatter([], [], s=5, color="0.5", label=f"test images ({len(classes)} classes, one colour each)")
+    ax.legend(fontsize=6, loc="lower right", markerscale=2)
     ax.set_aspect("equal")
     ax.set_xticks([])
     ax.set_yticks([])
-    kind = "Poincaré disk (centred)" if m["kind"] == "poincare" else "PCA"
-    rho = "" if m["rho"] is None else f", distance rank corr. {m['rho']:.2f}"
-    ax.set_title(f"{title}\n{kind}{rho}", fontsize=9)
+    if m["kind"] == "poincare":
+        kind = "Poincaré disk, moved so the embeddings' mean is at the centre"
+    else:
+        kind = "top two principal axes"
+    rho = "" if m["rho"] is None else f"\ndistances kept in rank order: Spearman ρ = {m['rho']:.2f}"
+    ax.set_title(f"{title}\n{kind}{rho}", fontsize=8)
 
 
 def save_map(m, path, title=""):
     fig = Figure(figsize=(6, 6), layout="constrained")
     draw_map(fig.subplots(), m, title)
     fig.savefig(path, dpi=120)
+    return fig
 
 
 def save_map_grid(maps, path, columns=3):
@@ -172,11 +193,12 @@ def save_map_grid(maps, path, columns=3):
     for ax in axes[len(maps) :]:
         ax.set_visible(False)
     fig.savefig(path, dpi=110)
+    return fig
 
 
 def _style_axes(ax_r, recall_label, ax_m):
     """Epoch x-axis, labels and grid of the recall and MAP@R panels."""
-    for ax, name in ((ax_r, recall_label), (ax_m, "MAP@R (%)")):
+    for ax, name in ((ax_r, recall_label), (ax_m, "MAP@R on the test classes (%)")):
         ax.xaxis.get_major_locator().set_params(integer=True)
         ax.set_xlabel("epoch")
         ax.set_ylabel(name)

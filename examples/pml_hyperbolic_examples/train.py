@@ -5,16 +5,30 @@ import warnings
 
 from .config import parse_args
 from .distributed import world
-from .runner import benchmark_throughput, compare, run
+from .errors import UsageError
 
 
 def main(argv=None):
+    """Run what ``argv`` asks for; a :class:`~.errors.UsageError` (e.g. a missing dataset) ends the program with its
+    message on stderr and exit status 2, without a traceback."""
     # pml's progress bar formats the loss tensor itself, which recent torch versions warn about.
     warnings.filterwarnings("ignore", message="Converting a tensor with requires_grad=True to a scalar")
     cfg = parse_args(sys.argv[1:] if argv is None else argv)
+    try:
+        return _main(cfg)
+    except UsageError as e:
+        print(f"train.py: error: {e}", file=sys.stderr)
+        raise SystemExit(2) from None
+
+
+def _main(cfg):
+    from .compare import compare
+    from .runner import run
+    from .throughput import benchmark_throughput
+
     cfg.seed = cfg.seeds[0]
     if world()[1] > 1 and (cfg.benchmark_throughput or len(cfg.losses) * len(cfg.seeds) > 1):
-        raise SystemExit("Under torchrun the runner trains one --loss with one --seed.")
+        raise UsageError("Under torchrun the runner trains one --loss with one --seed.")
     if cfg.benchmark_throughput:
         cfg.loss = cfg.losses[0]
         return benchmark_throughput(cfg, cfg.benchmark_throughput)
@@ -23,7 +37,9 @@ def main(argv=None):
     cfg.loss = cfg.losses[0]
     results = run(cfg)
     if results:  # only rank 0 evaluates under torchrun
-        print(f"\nResults, plots, logs and checkpoints: {results['config']['output'] or 'runs/'}")
+        result = results["result"]
+        print(f"\nReported: epoch {result['epoch']} ({result['selected_by']}).")
+        print(f"Results, plots, logs and checkpoints: {results['output']}")
     return results
 
 

@@ -1,29 +1,69 @@
 """pml's ``MetricLossOnly`` with what the published recipes add (mixed precision, gradient clipping after
-unscaling), epoch schedules with a frozen-backbone warm-up, and checkpoints that resume a run exactly."""
+unscaling), batches from the runner's input pipeline without host syncs, epoch schedules with a frozen-backbone
+warm-up, and checkpoints that resume a run exactly."""
 
 import math
+import os
 import random
 
 import numpy as np
 import torch
+import tqdm
 from pytorch_metric_learning.trainers import MetricLossOnly
 from pytorch_metric_learning.utils import common_functions as c_f
 from pytorch_metric_learning.utils.logging_presets import HookContainer
 
 
 class RecipeTrainer(MetricLossOnly):
-    """``trainers.MetricLossOnly`` with mixed precision.
+    """``trainers.MetricLossOnly`` with mixed precision and a sync-free step.
 
     With ``amp_dtype`` (``torch.float16`` or ``torch.bfloat16``) the trunk and the embedder run under
     ``torch.autocast``; the loss always runs in float32 on float32 embeddings (so loss parameters such as proxies stay
     float32). float16 uses a ``torch.amp.GradScaler``, and gradients are unscaled before pml's
-    ``gradient_clippers`` run. Everything else is pml's trainer.
+    ``gradient_clippers`` run.
+
+    ``batches`` (a callable returning an iterable of ``(data, labels)`` already on the device, labels already
+    ranked, e.g. :meth:`.pipeline.Pipeline.train_batches`) replaces pml's DataLoader; then nothing in the step reads a
+    device value on the host: labels are not mapped through NumPy, and the progress bar shows the loss only every
+    ``progress_every`` iterations. Everything else is pml's trainer.
     """
 
-    def __init__(self, *args, amp_dtype=None, **kwargs):
-        self.amp_dtype = amp_dtype
+    def __init__(self, *args, amp_dtype=None, batches=None, progress_every=50, **kwargs):
+        self.amp_dtype, self.batches, self.progress_every = amp_dtype, batches, progress_every
         super().__init__(*args, **kwargs)
         self.grad_scaler = torch.amp.GradScaler(self.data_device.type, enabled=amp_dtype == torch.float16)
+
+    def train(self, start_epoch=1, num_epochs=1):
+        """pml's loop, formatting the loss for the progress bar only every ``progress_every`` iterations."""
+        self.initialize_dataloader()
+        for self.epoch in range(start_epoch, num_epochs + 1):
+            self.set_to_train()
+            c_f.LOGGER.info("TRAINING EPOCH %d" % self.epoch)
+            pbar = tqdm.tqdm(range(self.iterations_per_epoch))
+            for self.iteration in pbar:
+                self.forward_and_backward()
+                self.end_of_iteration_hook(self)
+                if self.iteration % self.progress_every == 0:
+                    pbar.set_description("total_loss=%.5f" % self.losses["total_loss"])
+                self.step_lr_schedulers(end_of_epoch=False)
+            self.step_lr_schedulers(end_of_epoch=True)
+            self.zero_losses()
+            if self.end_of_epoch_hook(self) is False:
+                break
+
+    def initialize_dataloader(self):
+        if self.batches is None:
+            return super().initialize_dataloader()
+        self.dataloader = self.batches()
+        if not self.iterations_per_epoch:
+            self.iterations_per_epoch = len(self.dataloader)
+        self.dataloader_iter = iter(self.dataloader)
+
+    def get_batch(self):
+        if self.batches is None:
+            return super().get_batch()
+        self.dataloader_iter, (data, labels) = c_f.try_next_on_generator(self.dataloader_iter, self.dataloader)
+        return self.maybe_do_batch_mining(data, labels)
 
     def calculate_loss(self, curr_batch):
         data, labels = curr_batch
@@ -132,37 +172,73 @@ class RunState:
 
 
 class CheckpointHooks(HookContainer):
-    """pml's ``HookContainer`` (record-keeper logging, evaluation, best-model saving) with two additions for exact
-    resumes: a checkpoint at the end of *every* epoch, not only on test epochs (previous epoch's files are removed),
-    including the trainer's :class:`RunState` (``trainer.run_state = {"run_state": RunState(trainer)}``); and
-    evaluation that leaves the random state as it found it, so how often you evaluate never changes training.
+    """pml's ``HookContainer`` (record-keeper logging, evaluation, model saving), changed in five ways:
+
+    - a checkpoint at the end of *every* epoch, not only on test epochs (the previous epoch's files are removed),
+      including the trainer's :class:`RunState` (``trainer.run_state = {"run_state": RunState(trainer)}``), and
+      evaluation that leaves the random state as it found it: exact resumes, whatever the evaluation interval;
+    - the last epoch is always evaluated;
+    - "best" models and best-so-far accuracies exist only for ``validation_split_name`` (a split of held-out
+      training classes); with ``validation_split_name=None`` nothing is selected on the test set;
+    - ``sub_losses`` (a :class:`~.records.SubLosses`) adds each sub-loss's value to ``loss_histories`` every
+      ``log_freq`` iterations, next to pml's ``metric_loss`` and ``total_loss``.
     """
 
-    def __init__(self, *args, **kwargs):
-        super().__init__(*args, **kwargs)
+    def __init__(self, record_keeper, sub_losses=None, **kwargs):
+        super().__init__(record_keeper, **kwargs)
+        self.sub_losses = sub_losses
         self.saveable_trainer_objects = self.saveable_trainer_objects + ["run_state"]
 
-    def end_of_epoch_hook(
-        self,
-        tester,
-        dataset_dict,
-        model_folder,
-        test_interval=1,
-        patience=None,
-        splits_to_eval=None,
-        test_collate_fn=None,
-        after_epoch=None,
+    def end_of_iteration_hook(self, trainer):
+        super().end_of_iteration_hook(trainer)
+        if self.sub_losses is not None and trainer.iteration % self.log_freq == 0:
+            self.record_keeper.update_records(
+                self.sub_losses.scalars(), trainer.get_global_iteration(), parent_name="loss_histories"
+            )
+
+    def end_of_testing_hook(self, tester):
+        for split_name, accuracies in tester.all_accuracies.items():
+            epoch, group = accuracies["epoch"], self.record_group_name(tester, split_name)
+            self.record_keeper.update_records(accuracies, epoch, parent_name=group)
+            if split_name == self.validation_split_name:
+                _, _, best_epoch, best_accuracy = self.is_new_best_accuracy(tester, split_name, epoch)
+                best = {"best_epoch": best_epoch, "best_accuracy": best_accuracy}
+                self.record_keeper.update_records(best, epoch, parent_name=group)
+
+    def save_models_and_eval(
+        self, trainer, dataset_dict, model_folder, test_interval, tester, splits_to_eval=None, collate_fn=None
     ):
-        """pml's end-of-epoch hook plus the above; ``after_epoch(trainer)`` runs after evaluation and saving."""
-        pml_hook = super().end_of_epoch_hook(
-            tester, dataset_dict, model_folder, test_interval, patience, splits_to_eval, test_collate_fn
-        )
+        if self.validation_split_name is not None:
+            return super().save_models_and_eval(
+                trainer, dataset_dict, model_folder, test_interval, tester, splits_to_eval, collate_fn
+            )
+        trunk, embedder = trainer.models["trunk"], trainer.models["embedder"]
+        tester.test(dataset_dict, trainer.epoch, trunk, embedder, splits_to_eval, collate_fn)
+        self.record_keeper.save_records()
+        self.save_models(trainer, model_folder, trainer.epoch)
+        return None
+
+    def end_of_epoch_hook(
+        self, tester, dataset_dict, model_folder, epochs, test_interval=1, patience=None, splits_to_eval=None,
+        after_epoch=None,
+    ):  # fmt: skip
+        """Evaluate every ``test_interval`` epochs and at epoch ``epochs``, save, stop after ``patience``
+        evaluations without a better validation metric; ``after_epoch(trainer)`` runs after evaluation and saving."""
+        if self.primary_metric not in tester.accuracy_calculator.get_curr_metrics():
+            raise ValueError(f"primary_metric must be one of {tester.accuracy_calculator.get_curr_metrics()}.")
+        os.makedirs(model_folder, exist_ok=True)
 
         def hook(trainer):
             run_state = trainer.run_state["run_state"]
             run_state.capture()
-            keep_going = pml_hook(trainer)
-            if trainer.epoch % test_interval != 0:
+            keep_going = True
+            if trainer.epoch % test_interval == 0 or trainer.epoch == epochs:
+                best_epoch = self.save_models_and_eval(
+                    trainer, dataset_dict, model_folder, test_interval, tester, splits_to_eval
+                )
+                if patience is not None:
+                    keep_going = self.patience_remaining(trainer.epoch, best_epoch, patience)
+            else:
                 self.save_models(trainer, model_folder, trainer.epoch)
             for obj_dict in [getattr(trainer, x, {}) for x in self.saveable_trainer_objects]:
                 c_f.delete_dict_of_models(obj_dict, trainer.epoch - 1, model_folder)

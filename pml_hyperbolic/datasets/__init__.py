@@ -5,6 +5,7 @@ from .base_dataset import LocalDataset
 from .cars196 import Cars196
 from .cub import CUB
 from .digits import Digits
+from .fashion_mnist import FashionMNIST
 from .inshop import InShop
 from .sop import StanfordOnlineProducts
 from .synthetic_tree import SyntheticTree

@@ -1,6 +1,5 @@
 import os
 
-from PIL import Image
 from pytorch_metric_learning.datasets import BaseDataset
 
 
@@ -45,6 +44,8 @@ class LocalDataset(BaseDataset):
         raise RuntimeError(f"{type(self).__name__} does not download; see {self.url}.")
 
     def __getitem__(self, idx):
+        from PIL import Image  # an optional dependency: imported when an image is read
+
         with Image.open(self.paths[idx]) as img:
             img = img.convert("RGB")
         label = self.labels[idx]

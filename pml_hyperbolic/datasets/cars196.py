@@ -1,7 +1,6 @@
 import os
 
 import numpy as np
-import scipy.io
 
 from .base_dataset import LocalDataset
 
@@ -25,6 +24,8 @@ class Cars196(LocalDataset):
     recall_at = (1, 2, 4, 8)
 
     def generate_split(self):
+        import scipy.io  # imported when the dataset is read
+
         mat = scipy.io.loadmat(os.path.join(self.root, "cars_annos.mat"), squeeze_me=True)
         annotations = np.atleast_1d(mat["annotations"])
         paths = [str(p) for p in np.atleast_1d(annotations["relative_im_path"])]

@@ -1,6 +1,5 @@
 import numpy as np
 import torch
-from sklearn.datasets import load_digits
 from torch.utils.data import Dataset
 
 
@@ -16,6 +15,8 @@ class Digits(Dataset):
     def __init__(self, split="train+test", transform=None, target_transform=None):
         if split not in self.get_available_splits():
             raise ValueError(f"Supported splits are: {', '.join(self.get_available_splits())}")
+        from sklearn.datasets import load_digits  # imported when the dataset is read
+
         x, y = load_digits(return_X_y=True)
         keep = {"train": y < 5, "test": y >= 5, "train+test": np.ones_like(y, dtype=bool)}[split]
         self.split = split

@@ -186,17 +186,12 @@ class HIERLoss(WeightMixin, BaseMetricLossFunction):
         c_f.ref_not_supported(embeddings, labels, ref_emb, ref_labels)
         c_f.labels_or_indices_tuple_required(labels, indices_tuple)
         check_embeddings(embeddings, "embeddings", dim=self.embedding_size)
-        return self._loss_dict(embeddings, labels, indices_tuple, checked=False)
-
-    def _loss_dict(self, embeddings, labels, indices_tuple, checked=True):
-        """:meth:`compute_loss` after its shape checks; ``checked``: the embeddings are known to be finite ball points
-        (CHESTLoss validates once for all its parts)."""
         self.cast_types(torch.promote_types(embeddings.dtype, torch.float32), embeddings.device)
         proxies = self.get_proxies()
         n = len(embeddings)
         # One symmetric (N+P)×(N+P) distance matrix holds every block the loss needs (symmetric, so that the tie
         # between a pair's own members is exact).
-        dist = self._distance_matrix(torch.cat([embeddings.to(proxies.dtype), proxies]), checked)
+        dist = self._distance_matrix(torch.cat([embeddings.to(proxies.dtype), proxies]))
         if indices_tuple is None:
             data_triplets = self.miner.mine_fixed(-dist[:n, :n].detach(), labels)
         else:
@@ -220,14 +215,13 @@ class HIERLoss(WeightMixin, BaseMetricLossFunction):
             "proxy_loss": self._term(proxy_losses, proxy_collided, proxy_triplets),
         }
 
-    def _distance_matrix(self, points, checked):
+    def _distance_matrix(self, points):
         """d(points_a, points_b), symmetric: the native kernel for small float32 CPU sets with the default distance
         (exact differences; no matrix product to cancel), else the distance's matrix, symmetrised."""
         d = self.distance
         plain = type(d) is PoincareDistance and d.power == 1 and not d.normalize_embeddings
         if plain and native.use_pdist(points) and backends.select(points, kernels=("native",)) == "native":
-            if not checked:
-                d._check(points, points)  # the distance's own input check
+            d._check(points, points)  # the distance's own input check
             return native.pdist(points, self.c)
         dist = d(points)
         return (dist + dist.t()) / 2

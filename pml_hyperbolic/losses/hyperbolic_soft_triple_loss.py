@@ -86,18 +86,18 @@ class HyperbolicSoftTripleLoss(WeightRegularizerMixin, BaseMetricLossFunction):
             )
         if manifold_proxies and isinstance(c, torch.Tensor):
             raise ValueError("manifold_proxies=True needs a float c (geoopt's PoincareBall holds its own curvature).")
-        self.centers_reg_weight = centers_reg_weight  # read by _sub_loss_names() inside super().__init__
-        if kwargs.get("distance") is None:
-            kwargs["distance"] = PoincareDistance(c=c, check_inputs=False)
+        # read by _sub_loss_names() and get_default_distance() inside super().__init__ (a tuple: c may be a Parameter,
+        # which a module cannot hold before its __init__)
+        self.centers_reg_weight, self._default_c = centers_reg_weight, (c,)
         super().__init__(**kwargs)
-        self.c = c
+        del self._default_c
+        self.c, self.clip_r = c, clip_r
         self.num_classes = num_classes
         self.embedding_size = embedding_size
         self.centers_per_class = centers_per_class
         self.la = la
-        self.gamma = gamma
+        self.gamma = 1.0 / gamma  # 1/γ, as pml's SoftTripleLoss stores it (and logs it)
         self.margin = margin
-        self.clip_r = clip_r
         self.manifold_proxies = manifold_proxies
         _check_distance(self.distance, c)
 
@@ -128,7 +128,7 @@ class HyperbolicSoftTripleLoss(WeightRegularizerMixin, BaseMetricLossFunction):
 
     def get_default_distance(self):
         # No per-call input check: the loss checks the embeddings itself and the proxies are in the ball by design.
-        return PoincareDistance(c=self.c, check_inputs=False)
+        return PoincareDistance(c=self._default_c[0], check_inputs=False)
 
     def get_default_weight_init_func(self):
         return self._init_tangent_proxies
@@ -150,31 +150,29 @@ class HyperbolicSoftTripleLoss(WeightRegularizerMixin, BaseMetricLossFunction):
         return poincare.tangent_to_ball(u, self.c, self.clip_r)
 
     def cast_types(self, dtype, device):
-        """pml's per-call hook: move the proxy parameter to ``device`` and return the ball proxies in ``dtype``.
-
-        Unlike pml's ``SoftTripleLoss``, the parameter's dtype never changes (half-precision embeddings or autocast
-        would otherwise turn the trainable proxies into float16 for good); the mapped proxies are cast instead.
-        """
+        """pml's per-call hook: move the proxy parameter to ``device``. Unlike pml's ``SoftTripleLoss``, the
+        parameter's dtype never changes (half-precision embeddings or autocast would otherwise turn the trainable
+        proxies into float16 for good): :meth:`get_proxies` maps them in the working dtype instead."""
         if self.proxies.device != device:
             self.proxies.data = self.proxies.data.to(device)
-        return self.get_proxies(dtype)
 
     def get_logits(self, embeddings):
-        r"""Relaxed class similarities :math:`S` (batch_size, num_classes): class scores for classification."""
+        r"""The loss's logits :math:`\lambda S` (batch_size, num_classes), without the margin: class scores."""
         self._check_embeddings(embeddings)
-        return self._relaxed_similarity(embeddings, self.cast_types(_work_dtype(embeddings), embeddings.device))
+        self.cast_types(None, embeddings.device)
+        return self.la * self._relaxed_similarity(embeddings, self.get_proxies(_work_dtype(embeddings)))
 
     def compute_loss(self, embeddings, labels, indices_tuple, ref_emb, ref_labels):
         c_f.labels_required(labels)
         c_f.ref_not_supported(embeddings, labels, ref_emb, ref_labels)
         self._check_embeddings(embeddings)
-        self._check_labels(labels)
-        return self._loss_dict(embeddings, labels, indices_tuple)
-
-    def _loss_dict(self, embeddings, labels, indices_tuple):
-        """:meth:`compute_loss` for validated inputs (CHESTLoss validates once for all its parts)."""
-        dtype = _work_dtype(embeddings)
-        proxies = self.cast_types(dtype, embeddings.device)
+        check_labels(labels, self.num_classes)
+        self.cast_types(None, embeddings.device)
+        proxies = self.get_proxies(_work_dtype(embeddings))
+        regularization = {}  # before the (B, K, C) buffers exist: its backward runs after theirs are freed
+        if self.centers_reg_weight > 0:
+            regularization["centers_reg_loss"] = self._centers_regularization(proxies)
+        self.add_weight_regularization_to_loss_dict(regularization, proxies)
         sim = self._relaxed_similarity(embeddings, proxies)
         margin = torch.full_like(labels, -self.margin, dtype=sim.dtype).unsqueeze(1)
         logits = self.la * sim.scatter_add(1, labels.unsqueeze(1), margin)
@@ -189,10 +187,7 @@ class HyperbolicSoftTripleLoss(WeightRegularizerMixin, BaseMetricLossFunction):
                 "divisor": len(loss),
             }
         }
-        if self.centers_reg_weight > 0:
-            loss_dict["centers_reg_loss"] = self._centers_regularization(proxies)
-        self.add_weight_regularization_to_loss_dict(loss_dict, proxies)
-        return loss_dict
+        return {**loss_dict, **regularization}
 
     def _relaxed_similarity(self, embeddings, proxies):
         # Proxy-major columns (k * C + j): the softmax over k then runs across contiguous classes.
@@ -200,7 +195,7 @@ class HyperbolicSoftTripleLoss(WeightRegularizerMixin, BaseMetricLossFunction):
         by_proxy = proxies.view(self.num_classes, k, d).transpose(0, 1).reshape(-1, d)
         mat = self.distance(embeddings, by_proxy).to(proxies.dtype)
         sign = 1.0 if self.distance.is_inverted else -1.0  # similarity = sign * mat
-        return _RelaxedSimilarity.apply(mat.view(-1, k, self.num_classes), sign, self.gamma)
+        return _RelaxedSimilarity.apply(mat.view(-1, k, self.num_classes), sign, 1.0 / self.gamma)
 
     def _centers_regularization(self, proxies):
         r"""Weighted :math:`d_c(p_j^t, p_j^s) = \frac{2}{\sqrt c}\operatorname{asinh}\frac{\sqrt c\,\|p_j^t - p_j^s\|}
@@ -228,10 +223,6 @@ class HyperbolicSoftTripleLoss(WeightRegularizerMixin, BaseMetricLossFunction):
         if embeddings.shape[0] == 0:
             raise ValueError("embeddings is an empty batch.")
         check_in_ball(embeddings, self.c, "embeddings")
-
-    def _check_labels(self, labels):
-        check_labels(labels, self.num_classes)
-
 
 class _RelaxedSimilarity(torch.autograd.Function):
     r"""Relaxed class similarity from the (B, K, C) matrix ``m`` of distances (``sign`` = -1) or similarities (+1):

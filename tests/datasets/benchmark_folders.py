@@ -12,21 +12,25 @@ from PIL import Image
 
 
 def write_image(path, seed, size=40, mode="RGB"):
+    """A JPEG of ``size`` (an int, or (width, height)): a smooth random colour field plus noise."""
     os.makedirs(os.path.dirname(path), exist_ok=True)
     rng = np.random.default_rng(seed)
-    channels = 3 if mode == "RGB" else 1
-    pixels = rng.integers(0, 256, (size, size, channels), dtype=np.uint8)
-    Image.fromarray(pixels.squeeze(-1) if channels == 1 else pixels, mode).save(path)
+    width, height = (size, size) if isinstance(size, int) else size
+    field = Image.fromarray(rng.integers(0, 256, (3, 4, 3), dtype=np.uint8)).resize((width, height), Image.BICUBIC)
+    pixels = np.clip(np.asarray(field) + rng.normal(0, 12, (height, width, 1)), 0, 255).astype(np.uint8)
+    img = Image.fromarray(pixels, "RGB")
+    (img.convert("L") if mode == "L" else img).save(path)
 
 
-def write_cub(root, train_classes=(1, 2, 3, 4), test_classes=(101, 102, 103, 200), per_class=4):
-    """CUB_200_2011/{images.txt, image_class_labels.txt, images/<class folder>/<file>.jpg}; one grayscale JPEG."""
+def write_cub(root, train_classes=(1, 2, 3, 4), test_classes=(101, 102, 103, 200), per_class=4, size=40):
+    """CUB_200_2011/{images.txt, image_class_labels.txt, images/<class folder>/<file>.jpg}; one grayscale JPEG;
+    images of ``size`` (an int, or (width, height))."""
     folder = os.path.join(root, "CUB_200_2011")
     images, labels, image_id = [], [], 1
     for cls in (*train_classes, *test_classes):
         for j in range(per_class):
             rel = f"{cls:03d}.Bird_{cls}/Bird_{cls}_{j:04d}.jpg"
-            write_image(os.path.join(folder, "images", rel), image_id, mode="L" if image_id == 1 else "RGB")
+            write_image(os.path.join(folder, "images", rel), image_id, size, mode="L" if image_id == 1 else "RGB")
             images.append(f"{image_id} {rel}")
             labels.append(f"{image_id} {cls}")
             image_id += 1
@@ -126,3 +130,31 @@ def write_inshop(
         "gallery": (gallery_per_item * len(test_items), set(test_items)),
     }
     return folder, expected, category
+
+
+def write_fashion_mnist(root, train_per_class=3, test_per_class=2, compressed=True):
+    """The four Fashion-MNIST idx files (big-endian header: magic 2051 / 2049, count, rows, cols; then bytes) with
+    ``train_per_class`` / ``test_per_class`` images of each of the 10 classes; pixel (r, c) of image i is
+    ``(7 * i + r + 3 * c) % 256``. Returns the folder and {part: (images uint8 (N, 28, 28), labels)}."""
+    import gzip
+    import struct
+
+    os.makedirs(root, exist_ok=True)
+    written = {}
+    for part, per_class in (("train", train_per_class), ("t10k", test_per_class)):
+        labels = np.tile(np.arange(10, dtype=np.uint8), per_class)
+        i, r, c = np.meshgrid(np.arange(len(labels)), np.arange(28), np.arange(28), indexing="ij")
+        images = ((7 * i + r + 3 * c + (part == "t10k")) % 256).astype(np.uint8)
+        files = {
+            f"{part}-images-idx3-ubyte": struct.pack(">iiii", 2051, len(labels), 28, 28) + images.tobytes(),
+            f"{part}-labels-idx1-ubyte": struct.pack(">ii", 2049, len(labels)) + labels.tobytes(),
+        }
+        for name, data in files.items():
+            if compressed:
+                with gzip.open(os.path.join(root, name + ".gz"), "wb") as f:
+                    f.write(data)
+            else:
+                with open(os.path.join(root, name), "wb") as f:
+                    f.write(data)
+        written[part] = (images, labels.astype(np.int64))
+    return root, written

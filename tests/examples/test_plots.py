@@ -73,17 +73,58 @@ def test_class_and_point_limits():
     assert set(m["labels"].tolist()) == {0, 1, 2, 3, 4} and len(m["labels"]) <= 40
 
 
-def test_pngs_are_written(tmp_path):
-    m = plots.embedding_map(
-        ball_points(30, 3, 7), torch.arange(30) % 3, c=C, proxies={"class proxies": ball_points(3, 3, 8)}
-    )
-    plots.save_map(m, tmp_path / "map.png", "title")
-    plots.save_map_grid({"a": m, "b": m}, tmp_path / "grid.png")
-    rows = [
-        {"epoch": e, "loss": 1.0, "time_s": 1.0, "poincare": {"recall_at_1": 0.5, "mean_average_precision_at_r": 0.2}}
-        for e in (1, 2)
+def legend_labels(ax):
+    legend = ax.get_legend()
+    assert legend is not None
+    return [t.get_text() for t in legend.get_texts()]
+
+
+def history_rows(spaces=("hyperbolic", "euclidean")):
+    metrics = {"recall_at_1": 0.5, "recall_at_2": 0.6, "mean_average_precision_at_r": 0.2}
+    return [{"epoch": e, "loss": 1.0, "time_s": 1.0, **{s: dict(metrics) for s in spaces}} for e in (1, 2, 3)]
+
+
+def test_history_plot_explains_its_curves(tmp_path):
+    reported = {"selected_by": "last epoch", **history_rows()[-1]}
+    fig = plots.plot_history(history_rows(), tmp_path / "recall.png", title="digits: chest", reported=reported)
+    ax_r, ax_m = fig.axes
+    labels = legend_labels(ax_r)
+    assert labels == [
+        "R@1, hyperbolic space",
+        "R@2, hyperbolic space",
+        "R@1, euclidean space",
+        "R@2, euclidean space",
+        "reported epoch (last epoch)",
     ]
-    plots.plot_history(rows, tmp_path / "history.png")
-    plots.plot_comparison({"x": rows}, tmp_path / "comparison.png")
-    for name in ("map.png", "grid.png", "history.png", "comparison.png"):
-        assert (tmp_path / name).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert legend_labels(ax_m) == ["MAP@R, hyperbolic space", "MAP@R, euclidean space", "reported epoch (last epoch)"]
+    lines = {line.get_label(): line for line in ax_r.get_lines()}
+    for k in (1, 2):  # the same K has the same colour in both spaces, the spaces differ by line style
+        hyp, euc = lines[f"R@{k}, hyperbolic space"], lines[f"R@{k}, euclidean space"]
+        assert hyp.get_color() == euc.get_color() and hyp.get_linestyle() != euc.get_linestyle()
+    assert lines["R@1, hyperbolic space"].get_color() != lines["R@2, hyperbolic space"].get_color()
+    for ax in (ax_r, ax_m):
+        assert ax.get_xlabel() == "epoch" and "test classes" in ax.get_ylabel()
+    assert (tmp_path / "recall.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_comparison_plot_has_a_legend_on_each_panel(tmp_path):
+    fig = plots.plot_comparison({"a": history_rows(("cosine",)), "b": history_rows(("poincare",))}, tmp_path / "c.png")
+    for ax in fig.axes:
+        assert legend_labels(ax) == ["a (cosine space)", "b (poincare space)"]
+    colours = [[line.get_color() for line in ax.get_lines()] for ax in fig.axes]
+    assert colours[0] == colours[1] and colours[0][0] != colours[0][1]
+
+
+def test_maps_explain_their_points_and_projection(tmp_path):
+    many = plots.embedding_map(ball_points(60, 3, 7), torch.arange(60) % 15, c=C,
+                               proxies={"hierarchical proxies": ball_points(5, 3, 8)})  # fmt: skip
+    fig = plots.save_map(many, tmp_path / "map.png", "title")
+    (ax,) = fig.axes
+    labels = legend_labels(ax)
+    assert labels == ["hierarchical proxies", "ball origin", "test images (15 classes, one colour each)"]
+    assert "Poincaré disk, moved so the embeddings' mean is at the centre" in ax.get_title()
+    assert "Spearman ρ" in ax.get_title()
+    few = plots.embedding_map(torch.randn(30, 4), torch.arange(30) % 3)
+    fig = plots.save_map_grid({"a": few, "b": many}, tmp_path / "grid.png")
+    assert legend_labels(fig.axes[0]) == ["test class 0", "test class 1", "test class 2"]
+    assert "top two principal axes" in fig.axes[0].get_title()

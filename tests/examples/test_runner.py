@@ -1,16 +1,18 @@
+import csv
 import glob
 import json
+import math
 import os
 
 import pytest
 import torch
-from benchmark_folders import write_cars, write_cub, write_inshop, write_sop
+from benchmark_folders import write_cars, write_cub, write_fashion_mnist, write_inshop, write_sop
 from pml_hyperbolic_examples import losses as registry
-from pml_hyperbolic_examples.config import parse_args
 from pml_hyperbolic_examples.losses import EvalSpace, LossSetup
 from pml_hyperbolic_examples.train import main
 from pml_hyperbolic_examples.trainer import RecipeTrainer, lr_factor
 from pytorch_metric_learning.losses import SupConLoss
+from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
 from pml_hyperbolic.distances import EuclideanHyperbolicDistance
 from pml_hyperbolic.layers import EuclideanHyperbolicHead
@@ -23,16 +25,20 @@ TINY_IMAGES = [
 FAST_DIGITS = ["--samples-per-epoch", "100", "--hier-proxies", "32", "--hier-topk", "10"]
 
 
-def check_outputs(out, epoch=1, loss_has_parameters=True):
+def check_outputs(out, epoch=1, loss_has_parameters=True, best_epoch=None):
+    """The files of a run; "best" checkpoints only when a validation split selected ``best_epoch``."""
     for name in ("results.json", "results.csv", "recall.png", "embeddings.png", "logs/logs.db"):
         assert os.path.getsize(os.path.join(out, name)) > 0, name
     assert glob.glob(os.path.join(out, "tensorboard", "events.out.tfevents.*"))
     saved = {os.path.basename(p) for p in glob.glob(os.path.join(out, "saved_models", "*.pth"))}
     keys = ["trunk", "embedder", "trunk_optimizer", "embedder_optimizer", "trunk_scheduler_by_epoch", "run_state"]
+    keys += ["embedder_scheduler_by_epoch", "metric_loss"]
     if loss_has_parameters:
-        keys += ["metric_loss", "metric_loss_optimizer", "metric_loss_scheduler_by_epoch"]
-    for key in keys:
-        assert f"{key}_{epoch}.pth" in saved and f"{key}_best{epoch}.pth" in saved, key
+        keys += ["metric_loss_optimizer", "metric_loss_scheduler_by_epoch"]
+    expected = {f"{key}_{epoch}.pth" for key in keys}
+    if best_epoch is not None:
+        expected |= {f"{key}_best{best_epoch}.pth" for key in keys}
+    assert saved == expected
 
 
 @pytest.mark.parametrize(
@@ -63,8 +69,9 @@ def test_benchmark_formats_end_to_end(tmp_path, dataset, writer, loss, space):
     if dataset in ("sop", "inshop"):  # the largest K covers every reference, among which is the query's class
         assert metrics[f"recall_at_{max(recall_at[dataset])}"] == 1.0
     check_outputs(out, loss_has_parameters=loss != "hyperbolic_contrastive")
+    assert results["result"] == {"selected_by": "last epoch", **results["last"]}
     with open(os.path.join(out, "results.json")) as f:
-        assert json.load(f)["last"][space] == metrics
+        assert json.load(f)["result"][space] == metrics
 
 
 def test_resume_after_an_interruption_equals_an_uninterrupted_run(tmp_path, monkeypatch):
@@ -92,10 +99,38 @@ def test_resume_after_an_interruption_equals_an_uninterrupted_run(tmp_path, monk
         assert_same(a, b, os.path.basename(path))
     metrics = lambda r: [(row["epoch"], row.get("poincare")) for row in r["history"]]  # noqa: E731
     assert metrics(resumed) == metrics(full)
-    assert resumed["best"]["epoch"] == full["best"]["epoch"]
+    assert (resumed["result"]["epoch"], resumed["result"]["poincare"]) == (
+        full["result"]["epoch"],
+        full["result"]["poincare"],
+    )
 
     again = main(common + ["--output", str(tmp_path / "resumed"), "--resume"])  # finished: nothing to train
     assert metrics(again) == metrics(full)
+
+
+def test_image_runs_with_workers_resume_exactly(tmp_path, monkeypatch):
+    """Seeded crops and persistent workers: a resumed run draws the crops an uninterrupted one draws."""
+    folder, _ = write_cub(str(tmp_path / "data"), per_class=6, size=(80, 60))
+    common = ["--dataset", "cub", "--data-root", folder, "--loss", "proxy_anchor", *TINY_IMAGES, "--epochs", "2"]
+    common += ["--num-workers", "2", "--deterministic"]
+    full = main(common + ["--output", str(tmp_path / "full")])
+    forward_and_backward = RecipeTrainer.forward_and_backward
+
+    def crash_in_epoch_2(self):
+        if self.epoch == 2 and self.iteration == 1:
+            raise KeyboardInterrupt
+        forward_and_backward(self)
+
+    monkeypatch.setattr(RecipeTrainer, "forward_and_backward", crash_in_epoch_2)
+    with pytest.raises(KeyboardInterrupt):
+        main(common + ["--output", str(tmp_path / "resumed")])
+    monkeypatch.setattr(RecipeTrainer, "forward_and_backward", forward_and_backward)
+    resumed = main(common + ["--output", str(tmp_path / "resumed"), "--resume"])
+    for path in glob.glob(str(tmp_path / "full" / "saved_models" / "*_2.pth")):
+        a = torch.load(path, weights_only=False)
+        b = torch.load(str(tmp_path / "resumed" / "saved_models" / os.path.basename(path)), weights_only=False)
+        assert_same(a, b, os.path.basename(path))
+    assert [r["cosine"] for r in resumed["history"]] == [r["cosine"] for r in full["history"]]
 
 
 def assert_same(a, b, where):
@@ -111,13 +146,6 @@ def assert_same(a, b, where):
             assert_same(x, y, f"{where}/{i}")
     else:
         assert a == b, where
-
-
-def test_an_existing_run_is_not_overwritten(tmp_path):
-    args = ["--loss", "contrastive", "--epochs", "1", "--output", str(tmp_path), *FAST_DIGITS]
-    main(args)
-    with pytest.raises(FileExistsError, match="--resume"):
-        main(args)
 
 
 def test_tree_reports_hierarchy_metrics(tmp_path):
@@ -193,14 +221,20 @@ def test_a_registered_loss_with_a_two_space_head(tmp_path, monkeypatch, loss):
 def test_throughput_benchmark_with_mixed_precision_on_cpu(tmp_path, amp_dtype):
     args = [
         "--dataset", "synthetic-images", "--synthetic-classes", "8", "--synthetic-images-per-class", "4",
-        "--image-size", "32", "--batch-size", "8", "--m-per-class", "2", "--loss", "proxy_anchor",
-        "--amp", "--amp-dtype", amp_dtype, "--grad-clip-value", "10", "--threads", "1",
+        "--image-size", "32", "--batch-size", "8", "--m-per-class", "2", "--loss", "proxy_anchor,softtriple",
+        "--amp", "--amp-dtype", amp_dtype, "--grad-clip-value", "10", "--threads", "1", "--num-workers", "0",
         "--benchmark-throughput", "2", "--output", str(tmp_path),
     ]  # fmt: skip
-    result = main(args)
-    assert result["amp_dtype"] == f"torch.{amp_dtype}" and result["images_per_s"] > 0
+    rows = main(args)
+    assert [row["loss"] for row in rows] == ["proxy_anchor", "softtriple"]
+    for row in rows:
+        assert row["amp_dtype"] == f"torch.{amp_dtype}" and row["steps"] == 2
+        for key in ("reference_loader", "loader", "bare", "end_to_end"):
+            assert math.isfinite(row[key]) and row[key] > 0, key
+        assert row["ratio"] == pytest.approx(row["end_to_end"] / row["bare"])
+    assert rows[0]["loader"] == rows[1]["loader"] and rows[0]["bare"] == rows[1]["bare"]  # measured once
     with open(tmp_path / "throughput.json") as f:
-        assert json.load(f)["steps"] == 2
+        assert json.load(f) == rows
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
@@ -210,70 +244,77 @@ def test_vit_small_mixed_precision_throughput_on_gpu(tmp_path):
         "--batch-size", "64", "--m-per-class", "4", "--loss", "hyperbolic_contrastive",
         "--benchmark-throughput", "5", "--output", str(tmp_path),
     ]  # fmt: skip
-    result = main(args)
-    assert result["amp_dtype"] == "torch.float16" and result["images_per_s"] > 0
+    (row,) = main(args)
+    assert row["amp_dtype"] == "torch.float16" and row["end_to_end"] > 0 and row["loader"] > row["reference_loader"]
 
 
-def test_presets_and_options():
-    cfg = parse_args(["--preset", "hier_resnet50_cub"])
-    assert (cfg.dataset, cfg.loss, cfg.backbone, cfg.embedding_size, cfg.lr) == (
-        "cub",
-        "proxy_anchor+hier",
-        "resnet50",
-        512,
-        1e-4,
-    )
-    assert (cfg.batch_size, cfg.m_per_class, cfg.proxy_lr_scale, cfg.hier_lr_scale, cfg.warmup_epochs) == (
-        180,
-        2,
-        1e4,
-        50,
-        1,
-    )
-    assert (cfg.lr_schedule, cfg.lr_step_epochs, cfg.lr_gamma, cfg.amp, cfg.freeze_bn) == ("step", 5, 0.5, True, True)
-    cfg = parse_args(["--preset", "hier_dino_sop", "--lr", "1e-3"])
-    assert (cfg.backbone, cfg.lr, cfg.head_lr_scale, cfg.epochs) == ("vit_small_patch16_224.dino", 1e-3, 100, 150)
-    cfg = parse_args(["--preset", "hyp_vit_cub"])
-    assert (cfg.loss, cfg.temperature, cfg.batch_size, cfg.m_per_class, cfg.samples_per_epoch) == (
-        "hyperbolic_contrastive",
-        0.2,
-        900,
-        9,
-        "classes",
-    )
-    cfg = parse_args([])
-    assert cfg.dataset == "digits" and cfg.losses == list(registry.LOSSES) and cfg.seeds == [0]
+def read_csv(path):
+    with open(path) as f:
+        return list(csv.DictReader(f))
 
 
-@pytest.mark.parametrize(
-    "argv, message",
-    [
-        (["--dataset", "cub"], "--loss"),
-        (["--loss", "nope"], "unknown loss"),
-        (["--batch-size", "50", "--m-per-class", "3"], "multiple"),
-    ],
-)
-def test_bad_options_are_explained(argv, message, capsys):
-    with pytest.raises(SystemExit):
-        parse_args(argv)
-    assert message in capsys.readouterr().err
+@pytest.mark.parametrize("loss", ["proxy_anchor+hier", "chest"])
+def test_sub_losses_are_logged_each_logged_iteration(tmp_path, loss):
+    out = str(tmp_path)
+    main(["--loss", loss, "--epochs", "1", "--log-freq", "1", *FAST_DIGITS, "--output", out])
+    rows = read_csv(os.path.join(out, "logs", "loss_histories.csv"))
+    assert [int(r["~iteration~"]) for r in rows] == [0, 1]  # 100 samples / batch 50
+    parts = [c for c in rows[0] if c.startswith("metric_loss/")]
+    if loss == "chest":  # CHESTLoss sums its sub-losses
+        weights = {c: 1.0 for c in parts}
+    else:  # MultipleLosses: Proxy-Anchor's two sub-losses + 0.5 × HIER's
+        assert sorted(parts) == [
+            "metric_loss/hier/data_loss",
+            "metric_loss/hier/proxy_loss",
+            "metric_loss/proxy_anchor/neg_loss",
+            "metric_loss/proxy_anchor/pos_loss",
+        ]
+        weights = {c: 0.5 if "/hier/" in c else 1.0 for c in parts}
+    assert len(parts) >= 3
+    for r in rows:
+        total = sum(weights[c] * float(r[c]) for c in parts)
+        assert total == pytest.approx(float(r["metric_loss"]), rel=1e-5)
+    events = EventAccumulator(glob.glob(os.path.join(out, "tensorboard", "*"))[0]).Reload()
+    assert {f"loss_histories/{c}" for c in parts} <= set(events.Tags()["scalars"])
 
 
-def test_missing_dataset_message_reaches_the_user(tmp_path):
-    with pytest.raises(FileNotFoundError, match="never downloads"):
-        main(
-            [
-                "--dataset",
-                "cub",
-                "--data-root",
-                str(tmp_path),
-                "--loss",
-                "proxy_anchor",
-                *TINY_IMAGES,
-                "--output",
-                str(tmp_path / "o"),
-            ]
-        )
+def test_the_reported_epoch_is_selected_on_held_out_training_classes(tmp_path):
+    out = str(tmp_path)
+    args = [
+        "--loss",
+        "proxy_anchor",
+        "--epochs",
+        "3",
+        "--val-fraction",
+        "0.4",
+        "--batch-size",
+        "30",
+        "--primary-metric",
+    ]
+    results = main(args + ["mean_average_precision_at_r", *FAST_DIGITS, "--output", out])
+    info = results["dataset"]
+    assert info["train"]["classes"] == 3 and info["val"]["classes"] == 2 and info["test"]["classes"] == 5
+    history = results["history"]
+    val = [row["val"]["cosine"]["mean_average_precision_at_r"] for row in history]
+    best = history[val.index(max(val))]  # the first of equal values
+    assert results["result"] == {"selected_by": "validation MAP@R (cosine)", **best}
+    assert results["last"] == history[-1]
+    check_outputs(out, epoch=3, best_epoch=best["epoch"])
+    with open(os.path.join(out, "results.csv")) as f:
+        header = f.readline()
+    assert "val/cosine/recall_at_1" in header and "cosine/recall_at_1" in header
+
+
+def test_fashion_mnist_end_to_end(tmp_path):
+    folder, _ = write_fashion_mnist(str(tmp_path / "fm"), train_per_class=8, test_per_class=6)
+    args = ["--dataset", "fashion-mnist", "--data-root", folder, "--loss", "hyperbolic_softtriple", "--epochs", "1"]
+    results = main(args + ["--batch-size", "16", "--m-per-class", "4", "--output", str(tmp_path / "run")])
+    assert results["dataset"]["train"] == {"images": 40, "classes": 5}
+    assert results["dataset"]["test"] == {"images": 30, "classes": 5}
+    metrics = results["last"]["poincare"]
+    assert {"mistake_severity", "hierarchical_distance_at_8", "mean_average_precision_at_r"} <= set(metrics)
+    assert 1 <= metrics["mistake_severity"] <= 2  # footwear siblings (1), or across groups (2)
+    assert results["hierarchy"]["class_means"]["sibling_precision"] is not None
 
 
 def test_lr_factor_schedules():

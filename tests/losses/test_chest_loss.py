@@ -1,6 +1,7 @@
 """CHESTLoss against its parts computed independently (standalone HyperbolicSoftTripleLoss, pml's SoftTripleLoss and
-HIERLoss holding the same parameters, fed the same slices, triplets and Gumbel noise), and inside pml's machinery:
-reducers, miners, the MetricLossOnly trainer, record-keeper, autocast, state dicts."""
+the regularizer, HIERLoss or HypHCProxyRegularizer, holding the same parameters, fed the same slices, triplets and
+random numbers), and inside pml's machinery: reducers, miners, the MetricLossOnly trainer, record-keeper, autocast,
+state dicts."""
 
 import copy
 import math
@@ -19,11 +20,15 @@ from pml_hyperbolic.layers import EuclideanHyperbolicHead, ToPoincare
 from pml_hyperbolic.losses import CHESTLoss, HIERLoss, HyperbolicSoftTripleLoss
 from pml_hyperbolic.losses.chest_loss import EUCLIDEAN_DEFAULTS as CHEST_EUC
 from pml_hyperbolic.losses.chest_loss import HYPERBOLIC_DEFAULTS as CHEST_HYP
+from pml_hyperbolic.losses.chest_loss import HYPHC_DEFAULTS
+from pml_hyperbolic.regularizers import HypHCProxyRegularizer
 
 C, CLIP = 0.1, 2.3
 NUM_CLASSES, K, D_E, D_H = 4, 3, 5, 6
 HIER_KW = dict(num_proxies=12, topk=5, triplets_per_anchor=4)
-WEIGHTS = dict(hyperbolic_weight=0.7, euclidean_weight=1.3, hier_weight=0.4)
+HYPHC_KW = dict(triplets_per_anchor=3)
+WEIGHTS = dict(hyperbolic_weight=0.7, euclidean_weight=1.3, regularizer_weight=0.4)
+REGULARIZER_KW = {"hier": HIER_KW, "hyphc": HYPHC_KW}
 
 
 @pytest.fixture(autouse=True)
@@ -48,21 +53,29 @@ def labels_for(n):
     return torch.arange(n) % NUM_CLASSES
 
 
-def make_chest(layout, **kwargs):
-    kwargs = {"hier_kwargs": dict(HIER_KW, generator=3), **WEIGHTS, **kwargs}
+def make_chest(layout, regularizer="hier", **kwargs):
+    kwargs = {"regularizer_kwargs": dict(REGULARIZER_KW[regularizer or "hier"], generator=3), **WEIGHTS, **kwargs}
     width = D_H if layout == "a" else D_E + D_H
-    return CHESTLoss(NUM_CLASSES, width, euclidean_dim=None if layout == "a" else D_E, centers_per_class=K, **kwargs)
+    return CHESTLoss(NUM_CLASSES, width, euclidean_dim=None if layout == "a" else D_E, centers_per_class=K,
+                     regularizer=regularizer, **kwargs)
 
 
-def standalone_parts(chest, hyperbolic_kwargs=None, euclidean_kwargs=None, hier_kwargs=None):
-    """Fresh part losses built from the documented defaults, holding copies of ``chest``'s part parameters."""
+def standalone_parts(chest, hyperbolic_kwargs=None, euclidean_kwargs=None, regularizer_kwargs=None):
+    """Fresh part losses built from the documented defaults, holding copies of ``chest``'s part parameters (the
+    regularizer under its name, "hier" or "hyphc")."""
     d_e = chest.euclidean_dim or chest.embedding_size
     hyp = HyperbolicSoftTripleLoss(NUM_CLASSES, D_H, K, c=C, clip_r=CLIP, **{**CHEST_HYP, **(hyperbolic_kwargs or {})})
     euc = SoftTripleLoss(NUM_CLASSES, d_e, K, **{**CHEST_EUC, **(euclidean_kwargs or {})})
-    hier = HIERLoss(D_H, c=C, clip_r=CLIP, **{**HIER_KW, "generator": 3, **(hier_kwargs or {})})
-    parts = {"hyperbolic": hyp, "euclidean": euc, "hier": hier}
+    parts = {"hyperbolic": hyp, "euclidean": euc}
+    modules = {"hyperbolic": chest.hyperbolic_loss, "euclidean": chest.euclidean_loss}
+    if chest.regularizer_name == "hier":
+        parts["hier"] = HIERLoss(D_H, c=C, clip_r=CLIP, **{**HIER_KW, "generator": 3, **(regularizer_kwargs or {})})
+    elif chest.regularizer_name == "hyphc":
+        parts["hyphc"] = HypHCProxyRegularizer(NUM_CLASSES, K, **{
+            "similarity": "euclidean", **HYPHC_DEFAULTS, **HYPHC_KW, "generator": 3, **(regularizer_kwargs or {})})
+    modules[chest.regularizer_name] = chest.regularizer
     for name, part in parts.items():
-        part.load_state_dict(getattr(chest, f"{name}_loss").state_dict())
+        part.load_state_dict(modules[name].state_dict())
     return {name: part.to(chest.hyperbolic_loss.proxies.dtype) for name, part in parts.items()}
 
 
@@ -73,35 +86,40 @@ def split(x, layout):
 def reference_value(parts, x, y, layout, class_proxies=False, indices_tuple=None):
     """Σ weight · part(slice) with each part's own forward (its default MeanReducer)."""
     z_e, z_h = split(x, layout)
+    value = (WEIGHTS["hyperbolic_weight"] * parts["hyperbolic"](z_h, y, indices_tuple)
+             + WEIGHTS["euclidean_weight"] * parts["euclidean"](z_e, y, indices_tuple))
+    if "hyphc" in parts:
+        proxies = parts["hyperbolic"].get_proxies()
+        return value + WEIGHTS["regularizer_weight"] * parts["hyphc"](proxies, y, parts["euclidean"].fc.t())
     points, point_labels = z_h, y
     if class_proxies:
         classes = torch.unique(y)
         rows = (classes[:, None] * K + torch.arange(K)).flatten()
         points = torch.cat([z_h, parts["hyperbolic"].get_proxies()[rows]])
         point_labels = torch.cat([y, classes.repeat_interleave(K)])
-    return (
-        WEIGHTS["hyperbolic_weight"] * parts["hyperbolic"](z_h, y, indices_tuple)
-        + WEIGHTS["euclidean_weight"] * parts["euclidean"](z_e, y, indices_tuple)
-        + WEIGHTS["hier_weight"] * parts["hier"](points, point_labels, indices_tuple)
-    )
+    return value + WEIGHTS["regularizer_weight"] * parts["hier"](points, point_labels, indices_tuple)
 
 
 # --------------------------------------------------------------------------------------- the sum of the parts
 
 
 @pytest.mark.parametrize("layout", ["a", "b"])
-@pytest.mark.parametrize("class_proxies", [False, True])
-@pytest.mark.parametrize("lca", ["gumbel", "argmax"])
-def test_equals_weighted_sum_of_independent_parts(layout, class_proxies, lca):
+@pytest.mark.parametrize("regularizer, class_proxies, option", [
+    ("hier", False, dict(lca="gumbel")), ("hier", True, dict(lca="gumbel")), ("hier", False, dict(lca="argmax")),
+    ("hier", True, dict(lca="argmax")), ("hyphc", False, dict(dtype=torch.float64)),
+    ("hyphc", False, dict(leaves="proxies", dtype=torch.float64)),
+])  # fmt: skip
+def test_equals_weighted_sum_of_independent_parts(layout, regularizer, class_proxies, option):
     """Values and gradients (embeddings and every proxy) of CHEST = Σ weight · standalone part, float64."""
     torch.manual_seed(0)
     part_kwargs = dict(
         hyperbolic_kwargs=dict(la=8.0, centers_reg_weight=0.1),
         euclidean_kwargs=dict(la=10, weight_regularizer=SparseCentersRegularizer(NUM_CLASSES, K)),
-        hier_kwargs=dict(lca=lca),
+        regularizer_kwargs=option,
     )
-    chest = make_chest(layout, hier_class_proxies=class_proxies, **{
-        k: ({**HIER_KW, "generator": 3, **v} if k == "hier_kwargs" else v) for k, v in part_kwargs.items()
+    chest = make_chest(layout, regularizer, hier_class_proxies=class_proxies, **{
+        k: ({**REGULARIZER_KW[regularizer], "generator": 3, **v} if k == "regularizer_kwargs" else v)
+        for k, v in part_kwargs.items()
     }).double()  # fmt: skip
     parts = standalone_parts(chest, **part_kwargs)
     x = embeddings(24, layout, seed=1).requires_grad_()
@@ -114,22 +132,24 @@ def test_equals_weighted_sum_of_independent_parts(layout, class_proxies, lca):
     expected.backward()
     torch.testing.assert_close(value, expected, rtol=1e-12, atol=1e-12)
     torch.testing.assert_close(x.grad, x_ref.grad, rtol=1e-10, atol=1e-12)
+    modules = {"hyperbolic": chest.hyperbolic_loss, "euclidean": chest.euclidean_loss, regularizer: chest.regularizer}
     for name, part in parts.items():
-        for (pname, p), q in zip(getattr(chest, f"{name}_loss").named_parameters(), part.parameters()):
+        for (pname, p), q in zip(modules[name].named_parameters(), part.parameters()):
             assert p.grad.abs().sum() > 0, f"{name}.{pname} got no gradient"
             torch.testing.assert_close(p.grad, q.grad, rtol=1e-10, atol=1e-12)
+    terms = ["hier_data_loss", "hier_proxy_loss"] if regularizer == "hier" else ["hyphc_loss"]
     assert chest.sub_loss_names() == [
-        "hyperbolic_loss", "hyperbolic_centers_reg_loss", "euclidean_loss", "euclidean_weight_reg_loss",
-        "hier_data_loss", "hier_proxy_loss",
+        "hyperbolic_loss", "hyperbolic_centers_reg_loss", "euclidean_loss", "euclidean_weight_reg_loss", *terms,
     ]  # fmt: skip
 
 
 def test_class_proxies_join_hier_and_change_the_loss():
     torch.manual_seed(0)
     x, y = embeddings(24, "b", seed=2), labels_for(24)
-    plain = make_chest("b", reducer=reducers.DoNothingReducer(), hier_kwargs=dict(HIER_KW, lca="argmax", generator=0))
+    plain = make_chest("b", reducer=reducers.DoNothingReducer(),
+                       regularizer_kwargs=dict(HIER_KW, lca="argmax", generator=0))
     with_proxies = make_chest("b", reducer=reducers.DoNothingReducer(), hier_class_proxies=True,
-                              hier_kwargs=dict(HIER_KW, lca="argmax", generator=0))  # fmt: skip
+                              regularizer_kwargs=dict(HIER_KW, lca="argmax", generator=0))  # fmt: skip
     with_proxies.load_state_dict(plain.state_dict())
     with_proxies.double(), plain.double()
     a, p, n = with_proxies(x, y)["hier_data_loss"]["indices"]
@@ -140,8 +160,8 @@ def test_class_proxies_join_hier_and_change_the_loss():
 def test_miner_indices_tuple_reaches_every_part():
     """A pml miner's triplets weight both SoftTriple parts and replace HIER's mining of its data term."""
     torch.manual_seed(0)
-    chest = make_chest("b", hier_kwargs=dict(HIER_KW, lca="argmax", generator=3)).double()
-    parts = standalone_parts(chest, hier_kwargs=dict(lca="argmax"))
+    chest = make_chest("b", regularizer_kwargs=dict(HIER_KW, lca="argmax", generator=3)).double()
+    parts = standalone_parts(chest, regularizer_kwargs=dict(lca="argmax"))
     x, y = embeddings(24, "b", seed=3), labels_for(24)
     miner = miners.TripletMarginMiner(margin=0.5, distance=EuclideanHyperbolicDistance(D_E, c=C))
     tuples = miner(x, y)
@@ -152,7 +172,8 @@ def test_miner_indices_tuple_reaches_every_part():
     torch.testing.assert_close(value, reference_value(parts, x, y, "b", indices_tuple=tuples), rtol=1e-12, atol=1e-12)
     assert not torch.isclose(value, chest(x, y))  # the tuples change the value
 
-    terms = make_chest("b", reducer=reducers.DoNothingReducer(), hier_kwargs=dict(HIER_KW, generator=0))(x.float(), y, tuples)
+    terms = make_chest("b", reducer=reducers.DoNothingReducer(),
+                       regularizer_kwargs=dict(HIER_KW, generator=0))(x.float(), y, tuples)
     assert torch.equal(torch.stack(terms["hier_data_loss"]["indices"]), torch.stack(tuples))
     weights = pml_cf.torch_arange_from_size(x)  # samples outside the tuples have loss 0 in both SoftTriple parts
     outside = ~torch.isin(weights, torch.cat(tuples))
@@ -167,11 +188,15 @@ def part_terms(parts, x, y, layout):
     """The parts' raw weighted loss terms (DoNothingReducer), from the standalone parts."""
     z_e, z_h = split(x, layout)
     out = {}
-    for name, part, z in (("hyperbolic", parts["hyperbolic"], z_h), ("euclidean", parts["euclidean"], z_e),
-                          ("hier", parts["hier"], z_h)):  # fmt: skip
+    for name, part in parts.items():
         part.reducer = reducers.DoNothingReducer()
-        for sub, entry in part(z, y).items():
-            out[f"{name}_{sub}"] = WEIGHTS[f"{name}_weight"] * entry["losses"]
+        if name == "hyphc":
+            terms = part(parts["hyperbolic"].get_proxies(), y, parts["euclidean"].fc.t())
+        else:
+            terms = part(z_e if name == "euclidean" else z_h, y)
+        weight = WEIGHTS["regularizer_weight" if name in ("hier", "hyphc") else f"{name}_weight"]
+        for sub, entry in terms.items():
+            out[f"{name}_{sub}"] = weight * entry["losses"]
     return out
 
 
@@ -184,12 +209,15 @@ REDUCERS = {
 }
 
 
+@pytest.mark.parametrize("regularizer", ["hier", "hyphc"])
 @pytest.mark.parametrize("name", list(REDUCERS))
-def test_each_pml_reducer_reduces_each_weighted_part(name):
+def test_each_pml_reducer_reduces_each_weighted_part(name, regularizer):
     """reducer(CHEST) = Σ over sub-losses of the reduction (written out here) of weight · the part's losses."""
     reducer, reduce = REDUCERS[name]
-    chest = make_chest("b", reducer=reducer, hier_kwargs=dict(HIER_KW, lca="argmax", generator=5)).double()
-    parts = standalone_parts(chest, hier_kwargs=dict(lca="argmax", generator=5))
+    option = dict(lca="argmax") if regularizer == "hier" else dict(dtype=torch.float64)
+    chest = make_chest("b", regularizer, reducer=reducer,
+                       regularizer_kwargs=dict(REGULARIZER_KW[regularizer], generator=5, **option)).double()
+    parts = standalone_parts(chest, regularizer_kwargs=dict(generator=5, **option))
     x, y = embeddings(24, "b", seed=4), labels_for(24)
     terms = part_terms(parts, x, y, "b")
     assert set(terms) == set(chest.sub_loss_names())
@@ -199,14 +227,15 @@ def test_each_pml_reducer_reduces_each_weighted_part(name):
 
 def test_multiple_reducers_and_do_nothing_reducer():
     reducer = reducers.MultipleReducers({"hier_data_loss": reducers.SumReducer()}, default_reducer=reducers.MeanReducer())
-    chest = make_chest("b", reducer=reducer, hier_kwargs=dict(HIER_KW, lca="argmax", generator=5)).double()
-    parts = standalone_parts(chest, hier_kwargs=dict(lca="argmax", generator=5))
+    chest = make_chest("b", reducer=reducer, regularizer_kwargs=dict(HIER_KW, lca="argmax", generator=5)).double()
+    parts = standalone_parts(chest, regularizer_kwargs=dict(lca="argmax", generator=5))
     x, y = embeddings(24, "b", seed=4), labels_for(24)
     terms = part_terms(parts, x, y, "b")
     expected = sum(t.sum() if k == "hier_data_loss" else t.mean() for k, t in terms.items())
     torch.testing.assert_close(chest(x, y), expected, rtol=1e-12, atol=1e-12)
 
-    nothing = make_chest("b", reducer=reducers.DoNothingReducer(), hier_kwargs=dict(HIER_KW, lca="argmax", generator=5))
+    nothing = make_chest("b", reducer=reducers.DoNothingReducer(),
+                         regularizer_kwargs=dict(HIER_KW, lca="argmax", generator=5))
     nothing.double().load_state_dict(chest.state_dict())
     out = nothing(x, y)
     assert list(out) == nothing.sub_loss_names()
@@ -230,25 +259,29 @@ def test_embedding_regularizers_of_chest_and_of_a_part():
 # ------------------------------------------------------------------------------------------ parts and options
 
 
-@pytest.mark.parametrize("off", ["hyperbolic", "euclidean", "hier"])
+@pytest.mark.parametrize("off", ["hyperbolic", "euclidean", "regularizer"])
 def test_parts_switch_off(off):
-    chest = make_chest("b", **{f"{off}_weight": 0.0}, hier_kwargs=dict(HIER_KW, lca="argmax", generator=5)).double()
-    assert getattr(chest, f"{off}_loss") is None
-    assert not any(n.startswith(off) for n in chest.sub_loss_names())
-    assert not any(n.startswith(f"{off}_loss.") for n, _ in chest.named_parameters())
-    parts = standalone_parts(make_chest("b").double(), hier_kwargs=dict(lca="argmax", generator=5))
-    for name in ("hyperbolic", "euclidean", "hier"):
-        if name != off:
-            parts[name].load_state_dict(getattr(chest, f"{name}_loss").state_dict())
+    weight = {f"{off}_weight": 0.0}
+    chest = make_chest("b", **weight, regularizer_kwargs=dict(HIER_KW, lca="argmax", generator=5)).double()
+    attribute = off if off == "regularizer" else f"{off}_loss"
+    prefix = "hier" if off == "regularizer" else off
+    assert getattr(chest, attribute) is None
+    assert not any(n.startswith(prefix) for n in chest.sub_loss_names())
+    assert not any(n.startswith(f"{attribute}.") for n, _ in chest.named_parameters())
+    parts = standalone_parts(make_chest("b").double(), regularizer_kwargs=dict(lca="argmax", generator=5))
+    modules = {"hyperbolic": chest.hyperbolic_loss, "euclidean": chest.euclidean_loss, "hier": chest.regularizer}
+    for name, module in modules.items():
+        if module is not None:
+            parts[name].load_state_dict(module.state_dict())
     x, y = embeddings(24, "b", seed=7), labels_for(24)
     terms = part_terms(parts, x, y, "b")
-    expected = sum(t.mean() for k, t in terms.items() if not k.startswith(off))
+    expected = sum(t.mean() for k, t in terms.items() if not k.startswith(prefix))
     torch.testing.assert_close(chest(x, y), expected, rtol=1e-12, atol=1e-12)
 
 
 def test_layout_a_feeds_the_same_ball_points_to_every_part():
     chest = make_chest("a", reducer=reducers.DoNothingReducer()).double()
-    assert chest.euclidean_loss.fc.shape == (D_H, NUM_CLASSES * K) and chest.hier_loss.embedding_size == D_H
+    assert chest.euclidean_loss.fc.shape == (D_H, NUM_CLASSES * K) and chest.regularizer.embedding_size == D_H
     x, y = embeddings(20, "a", seed=8), labels_for(20)
     euclidean = chest(x, y)["euclidean_loss"]["losses"]
     # pml's SoftTripleLoss sees the ball points through cosine similarity: scaling them changes nothing
@@ -260,10 +293,13 @@ def test_get_logits_combines_the_softtriple_parts():
     chest = make_chest("b").double()
     parts = standalone_parts(chest)
     x = embeddings(10, "b", seed=9)
-    expected = (
-        WEIGHTS["hyperbolic_weight"] * CHEST_HYP["la"] * parts["hyperbolic"].get_logits(x[:, D_E:])
+    expected = (  # HyperbolicSoftTripleLoss's logits are scaled (la S), pml SoftTripleLoss's are S
+        WEIGHTS["hyperbolic_weight"] * parts["hyperbolic"].get_logits(x[:, D_E:])
         + WEIGHTS["euclidean_weight"] * CHEST_EUC["la"] * parts["euclidean"].get_logits(x[:, :D_E])
     )
+    torch.testing.assert_close(parts["hyperbolic"].get_logits(x[:, D_E:]) / CHEST_HYP["la"],
+                               parts["hyperbolic"].get_logits(x[:, D_E:].float()).double() / CHEST_HYP["la"],
+                               rtol=1e-5, atol=1e-6)
     torch.testing.assert_close(chest.get_logits(x), expected, rtol=1e-12, atol=1e-12)
     with pytest.raises(ValueError, match="SoftTriple part"):
         make_chest("b", hyperbolic_weight=0, euclidean_weight=0).get_logits(x.float())
@@ -307,14 +343,14 @@ def test_metric_loss_only_trainer(case):
     embedder = EuclideanHyperbolicHead(16, D_E, D_H, c=C, clip_r=CLIP)
     reducer = options.get("reducer")
     loss = make_chest("b", reducer=None if reducer is None else copy.deepcopy(reducer),
-                      hier_kwargs=dict(HIER_KW, generator=0))  # fmt: skip
+                      regularizer_kwargs=dict(HIER_KW, generator=0))  # fmt: skip
     mining = {}
     if options.get("miner"):
         mining = {"tuple_miner": miners.MultiSimilarityMiner(epsilon=0.1, distance=loss.distance)}
 
     def loss_value():
         """The default CHEST objective on all the data, deterministic (argmax LCAs, seeded mining)."""
-        evaluation = make_chest("b", hier_kwargs=dict(HIER_KW, lca="argmax", generator=0))
+        evaluation = make_chest("b", regularizer_kwargs=dict(HIER_KW, lca="argmax", generator=0))
         evaluation.load_state_dict(loss.state_dict())
         with torch.no_grad():
             return evaluation(embedder(trunk(x)), y).item()
@@ -343,14 +379,15 @@ def test_metric_loss_only_trainer(case):
     trainer.train(num_epochs=3)
     after = loss_value()
     assert math.isfinite(after) and after < 0.7 * before, (before, after)
-    assert got_gradient == {"hyperbolic_loss.proxies", "euclidean_loss.fc", "hier_loss.proxies"}
+    assert got_gradient == {"hyperbolic_loss.proxies", "euclidean_loss.fc", "regularizer.proxies"}
     for p in loss.parameters():
         assert p.dtype == torch.float32 and torch.isfinite(p).all()
 
 
 def test_record_keeper_sees_every_sub_loss(tmp_path):
     record_keeper = pytest.importorskip("record_keeper")
-    chest = make_chest("b", collect_stats=True, reducer=reducers.AvgNonZeroReducer(collect_stats=True), hier_kwargs=HIER_KW)
+    chest = make_chest("b", collect_stats=True, reducer=reducers.AvgNonZeroReducer(collect_stats=True),
+                       regularizer_kwargs=HIER_KW)
     x, y = embeddings(24, "b", seed=11, dtype=torch.float32), labels_for(24)
     chest(x, y)
     keeper = record_keeper.RecordKeeper(
@@ -361,9 +398,9 @@ def test_record_keeper_sees_every_sub_loss(tmp_path):
     groups = "\n".join(keeper.record_writer.records)
     for name in chest.sub_loss_names():
         assert f"_{name}_AvgNonZeroReducer" in groups, name  # one reducer, with its stats, per sub-loss
-    assert any(group.endswith("_hier_loss_HIERLoss") for group in keeper.record_writer.records)
-    hier = next(v for k, v in keeper.record_writer.records.items() if k.endswith("_hier_loss_HIERLoss"))
-    assert "num_data_triplets" in hier and "hier_weight" in keeper.record_writer.records["metric_loss_CHESTLoss"]
+    assert any(group.endswith("_regularizer_HIERLoss") for group in keeper.record_writer.records)
+    hier = next(v for k, v in keeper.record_writer.records.items() if k.endswith("_regularizer_HIERLoss"))
+    assert "num_data_triplets" in hier and "regularizer_weight" in keeper.record_writer.records["metric_loss_CHESTLoss"]
 
 
 def test_autocast_bfloat16_keeps_float32_proxies():
@@ -383,7 +420,7 @@ def test_autocast_bfloat16_keeps_float32_proxies():
         torch.manual_seed(1)
         with torch.autocast("cpu", dtype=torch.bfloat16):
             emb16 = head(x)
-        chest_f = make_chest("b", hier_weight=0.0)
+        chest_f = make_chest("b", regularizer=None)
         chest_f.hyperbolic_loss.load_state_dict(chest.hyperbolic_loss.state_dict())
         chest_f.euclidean_loss.load_state_dict(chest.euclidean_loss.state_dict())
         with torch.autocast("cpu", dtype=torch.bfloat16):
@@ -392,9 +429,9 @@ def test_autocast_bfloat16_keeps_float32_proxies():
 
 
 def test_state_dict_round_trip():
-    a = make_chest("b", hier_class_proxies=True, hier_kwargs=dict(HIER_KW, generator=9))
-    b = make_chest("b", hier_class_proxies=True, hier_kwargs=dict(HIER_KW, generator=9))
-    assert set(a.state_dict()) == {"hyperbolic_loss.proxies", "euclidean_loss.fc", "hier_loss.proxies"}
+    a = make_chest("b", hier_class_proxies=True, regularizer_kwargs=dict(HIER_KW, generator=9))
+    b = make_chest("b", hier_class_proxies=True, regularizer_kwargs=dict(HIER_KW, generator=9))
+    assert set(a.state_dict()) == {"hyperbolic_loss.proxies", "euclidean_loss.fc", "regularizer.proxies"}
     assert not torch.equal(a.euclidean_loss.fc, b.euclidean_loss.fc)
     b.load_state_dict(a.state_dict())
     x, y = embeddings(24, "b", seed=12, dtype=torch.float32), labels_for(24)
@@ -406,12 +443,15 @@ def test_state_dict_round_trip():
     [
         (dict(euclidean_dim=D_E + D_H), "euclidean_dim"),
         (dict(euclidean_dim=0), "euclidean_dim"),
-        (dict(hier_weight=-1.0), "hier_weight"),
+        (dict(regularizer_weight=-1.0), "regularizer_weight"),
         (dict(euclidean_weight=float("nan")), "euclidean_weight"),
-        (dict(hyperbolic_weight=0, euclidean_weight=0, hier_weight=0), "At least one"),
-        (dict(hyperbolic_weight=0, hier_class_proxies=True), "hier_class_proxies"),
+        (dict(hyperbolic_weight=0, euclidean_weight=0, regularizer_weight=0), "At least one"),
+        (dict(regularizer="hier", hyperbolic_weight=0, hier_class_proxies=True), "hier_class_proxies"),
+        (dict(regularizer="hyphc", hier_class_proxies=True), "hier_class_proxies"),
+        (dict(regularizer="hyphc", hyperbolic_weight=0), "hyperbolic proxies"),
+        (dict(regularizer="hyperbolic clustering"), "regularizer must be"),
         (dict(distance=PoincareDistance()), "no distance argument"),
-        (dict(hier_kwargs=dict(reducer=reducers.SumReducer())), "without 'reducer'"),
+        (dict(regularizer_kwargs=dict(reducer=reducers.SumReducer())), "without 'reducer'"),
     ],
 )
 def test_bad_construction(kwargs, message):
@@ -428,7 +468,7 @@ def test_bad_inputs():
         chest(x, y + 1)
     with pytest.raises(ValueError, match="integer"):
         chest(x, y.float())
-    with pytest.raises(ValueError, match=r"ball part \(columns 5:\)"):
+    with pytest.raises(ValueError, match=r"inside the Poincaré ball"):
         chest(torch.cat([x[:, :D_E], 10 * x[:, D_E:]], dim=1), y)
     with pytest.raises(ValueError, match="labels"):
         chest(x)
@@ -440,10 +480,10 @@ def test_bad_inputs():
 def test_cuda_matches_cpu():
     # A seeded generator draws different streams on CPU and on CUDA: both copies mine HIER's triplets on the CPU
     # from the same seed, so that the comparison is about the CUDA arithmetic (values and gradients).
-    cpu_loss = make_chest("b", hier_kwargs=dict(HIER_KW, lca="argmax", generator=0))
+    cpu_loss = make_chest("b", regularizer_kwargs=dict(HIER_KW, lca="argmax", generator=0))
     gpu_loss = copy.deepcopy(cpu_loss).cuda()
-    miner, mine = gpu_loss.hier_loss.miner, gpu_loss.hier_loss.miner.mine_similarity
-    miner.mine_similarity = lambda sim, labels=None: tuple(
+    miner, mine = gpu_loss.regularizer.miner, gpu_loss.regularizer.miner.mine_fixed
+    miner.mine_fixed = lambda sim, labels=None: tuple(
         t.cuda() for t in mine(sim.cpu(), None if labels is None else labels.cpu())
     )
     x, y = embeddings(24, "b", seed=14, dtype=torch.float32), labels_for(24)

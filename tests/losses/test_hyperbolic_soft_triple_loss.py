@@ -119,7 +119,7 @@ def reference_and_grads(loss, emb, labels, weights=None, centers_weight=0.0):
     u = loss.proxies.detach().to(torch.float64).requires_grad_(True)
     proxies = u if loss.manifold_proxies else ref_to_ball(u, C, loss.clip_r)
     k = loss.centers_per_class
-    per_sample = ref_losses(e, proxies, labels, loss.num_classes, k, loss.la, loss.gamma, loss.margin)
+    per_sample = ref_losses(e, proxies, labels, loss.num_classes, k, loss.la, 1 / loss.gamma, loss.margin)
     total = (per_sample * (1 if weights is None else weights)).mean()
     if centers_weight > 0:
         total = total + ref_centers_reg(proxies, loss.num_classes, k, centers_weight).mean()
@@ -208,12 +208,15 @@ def test_adversarial_inputs_match_reference(dtype, radius, rtol, emb_grad_rtol):
     assert_rel_close(gu, ref_gu, rtol)
 
 
-def test_get_logits_are_the_relaxed_similarities():
+def test_get_logits_are_the_scaled_relaxed_similarities():
+    """The loss's logits la·S (before the margin), as pml's classification losses return them; gamma is stored as
+    1/γ, as pml's SoftTripleLoss stores (and logs) it."""
     emb, labels = make_inputs()
     loss = make_loss(la=2.0, gamma=0.3)
+    assert loss.gamma == pytest.approx(1 / 0.3) and "gamma" in loss._record_these
     logits = loss.get_logits(emb)
     proxies = ref_to_ball(loss.proxies.detach().double())
-    expected = torch.stack([ref_similarity(x, proxies, 4, 3, 0.3) for x in emb.double()])
+    expected = torch.stack([2.0 * ref_similarity(x, proxies, 4, 3, 0.3) for x in emb.double()])
     assert logits.shape == (8, 4)
     assert_rel_close(logits, expected)
 
@@ -277,7 +280,7 @@ def test_empty_indices_tuple_means_unweighted():
 def _per_element_reference(loss, emb, labels, centers_weight):
     proxies = ref_to_ball(loss.proxies.detach().double())
     losses = ref_losses(emb.double(), proxies, labels, loss.num_classes, loss.centers_per_class, loss.la,
-                        loss.gamma, loss.margin)
+                        1 / loss.gamma, loss.margin)
     reg = ref_centers_reg(proxies, loss.num_classes, loss.centers_per_class, centers_weight)
     return losses, reg
 
@@ -376,7 +379,7 @@ def test_inverted_distance_is_used_as_the_similarity():
     loss = make_loss(distance=DotProductSimilarity(normalize_embeddings=False), gamma=0.5)
     proxies = ref_to_ball(loss.proxies.detach().double())
     sim = (emb.double() @ proxies.t()).view(-1, 4, 3)
-    expected = (torch.softmax(sim / 0.5, 2) * sim).sum(2)
+    expected = loss.la * (torch.softmax(sim / 0.5, 2) * sim).sum(2)
     assert_rel_close(loss.get_logits(emb), expected)
 
 

@@ -1,0 +1,3 @@
+"""pml regularizers (``BaseRegularizer`` subclasses) for the proxies of this package's losses."""
+
+from .hyphc_proxy_regularizer import HypHCProxyRegularizer
