@@ -1,7 +1,6 @@
-"""Optional native kernels for float32 on CPU, compiled at first use with the C compiler.
-
-``pml_hyperbolic/csrc/`` holds six kernels, each replacing a sequence of small torch ops that costs more in per-op
-overhead than in arithmetic at training sizes:
+"""The C kernels of ``csrc/`` (float32 on the CPU) as functions of torch tensors; :mod:`.build` compiles and loads
+them. Each replaces a sequence of small torch ops that costs more in per-op overhead than in arithmetic at training
+sizes, and each has a torch twin that the tests hold it to:
 
 * ``tangent_map.c``: :func:`pml_hyperbolic.poincare.tangent_to_ball` (``ToPoincare``, the loss proxies) and its
   backward;
@@ -12,116 +11,20 @@ overhead than in arithmetic at training sizes:
 * ``poincare_pdist.c``: the distance matrix of a few hundred points and its backward (:func:`pdist`);
 * ``reciprocal_mining.c``: the mutual-nearest-neighbour triplets (:func:`reciprocal_triplets`).
 
-``fastmath.h`` (vectorisable exp, log, asinh), ``ball.h`` and ``parallel.h`` are shared by them. They run on all torch
-CPU threads where the work pays for it. They are built once per machine into a cache folder
-(``$PML_HYPERBOLIC_CACHE``, else ``$XDG_CACHE_HOME/pml_hyperbolic`` or ``~/.cache/pml_hyperbolic``) with ``$CC``
-(default ``cc``), and loaded with ctypes: no build step at install time, no torch headers. Without a working compiler,
-:func:`library` returns None (with a warning) and the callers use their torch implementations: the same results for the LCA pass and the mining, the same values up to float32
-rounding elsewhere (both sides are accurate to about 1e-6 relative; the tests hold each kernel to its torch twin).
+``fastmath.h`` (vectorisable exp, log, asinh), ``lanes.h`` (fixed-order reductions), ``ball.h`` and ``parallel.h``
+are shared by them. They run on all torch CPU threads where the work pays for it (the column sums of a backward are
+then added per thread: the last bits may depend on the thread count, as torch's own reductions do).
 """
 
 import ctypes
-import functools
-import hashlib
-import os
-import platform
-import subprocess
-import tempfile
-import warnings
-from pathlib import Path
 
 import torch
 
-_CSRC = Path(__file__).resolve().parent / "csrc"
-# Reassociation lets the compiler vectorise the row reductions; nothing here needs errno, traps or signed zeros.
-_FLAGS = ["-O3", "-std=c99", "-fPIC", "-shared", "-pthread", "-fno-math-errno", "-fno-trapping-math",
-          "-fno-signed-zeros", "-fassociative-math", "-ffinite-math-only"]
+from .build import library
+
 # pdist is used up to this many multiply-adds (R^2 D / 2); above it the matrix-product kernel is faster.
 PDIST_MAX_WORK = 1 << 23
 _I64, _F32 = ctypes.POINTER(ctypes.c_int64), ctypes.POINTER(ctypes.c_float)
-
-
-def _cache_dir():
-    if os.environ.get("PML_HYPERBOLIC_CACHE"):
-        return Path(os.environ["PML_HYPERBOLIC_CACHE"])
-    return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "pml_hyperbolic"
-
-
-def _cpu_signature():
-    """What -march=native depends on: the CPU's feature flags (Linux), else the processor name."""
-    try:
-        with open("/proc/cpuinfo") as f:
-            return next((line for line in f if line.startswith("flags")), platform.processor())
-    except OSError:
-        return platform.processor()
-
-
-def _build(compiler):
-    """Compile the kernels (with -march=native if the compiler takes it) into the cache; returns the library path."""
-    errors = []
-    sources = sorted(_CSRC.glob("*.c"))
-    code = [path.read_bytes() for path in sorted(_CSRC.glob("*.[ch]"))]
-    for flags in (_FLAGS + ["-march=native"], _FLAGS):
-        tag = hashlib.sha256(repr((code, compiler, flags, _cpu_signature())).encode()).hexdigest()
-        target = _cache_dir() / f"kernels_{tag[:16]}.so"
-        if target.exists():
-            return target
-        target.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(suffix=".so", dir=target.parent)
-        os.close(fd)
-        result = subprocess.run([compiler, *flags, *map(str, sources), "-o", tmp, "-lm"], capture_output=True, text=True)
-        if result.returncode == 0:
-            os.replace(tmp, target)  # atomic: concurrent processes may build the same file
-            return target
-        os.unlink(tmp)
-        errors.append(result.stderr.strip()[-500:])
-    raise RuntimeError("\n".join(errors))
-
-
-@functools.lru_cache(maxsize=None)
-def library():
-    """The loaded kernel library (ctypes), or None if it cannot be built (the switch is :mod:`pml_hyperbolic.backends`)."""
-    compiler = os.environ.get("CC", "cc")
-    try:
-        lib = ctypes.CDLL(str(_build(compiler)))
-    except (OSError, RuntimeError, subprocess.SubprocessError) as error:
-        warnings.warn(
-            f"pml_hyperbolic: could not build the native kernels with {compiler!r} ({error}). The losses and distances "
-            "fall back to their torch implementations (same results, several times slower on CPU). Install a C "
-            "compiler (e.g. gcc), or set CC, or set PML_HYPERBOLIC_BACKEND=torch to silence this.",
-            RuntimeWarning,
-            stacklevel=3,
-        )
-        return None
-    lib.hier_lca_forward.argtypes = [_F32, ctypes.c_int64, _I64, _I64, _I64, ctypes.c_int64, _F32, ctypes.c_uint64,
-                                     _I64, _I64, _F32, ctypes.c_int64, ctypes.c_float, _F32, _F32, ctypes.c_int]
-    lib.hier_lca_backward.argtypes = [_F32, ctypes.c_int64, ctypes.c_int64, _I64, _I64, _I64, ctypes.c_int64, _F32,
-                                      ctypes.c_uint64, _I64, _I64, _F32, _F32, ctypes.c_int]
-    lib.poincare_pdist_forward.argtypes = [_F32, ctypes.c_int64, ctypes.c_int64, ctypes.c_double, _F32, ctypes.c_int]
-    lib.poincare_pdist_backward.argtypes = [_F32, ctypes.c_int64, ctypes.c_int64, ctypes.c_double, _F32, _F32,
-                                            ctypes.c_int]
-    lib.reciprocal_triplets.argtypes = [_F32, ctypes.c_int64, _I64, ctypes.c_int64, ctypes.c_int64, ctypes.c_int, _F32,
-                                        _I64, _I64, _I64, _F32]
-    lib.reciprocal_triplets.restype = ctypes.c_int64
-    lib.poincare_cdist_forward.argtypes = [_F32, _F32, _F32, ctypes.c_int64, ctypes.c_int64, ctypes.c_int64,
-                                           ctypes.c_double, ctypes.c_double, _F32, _F32, _F32, ctypes.c_int]
-    lib.poincare_cdist_forward.restype = ctypes.c_int64
-    lib.poincare_cdist_backward.argtypes = [_F32, _F32, _F32, _F32, ctypes.c_int64, ctypes.c_int64, ctypes.c_double,
-                                            _F32, _F32, _F32, _F32, ctypes.c_int]
-    lib.relaxed_similarity_forward.argtypes = [_F32, ctypes.c_int64, ctypes.c_int64, ctypes.c_int64, ctypes.c_float,
-                                               ctypes.c_float, _F32, _F32, ctypes.c_int]
-    lib.relaxed_similarity_backward.argtypes = [_F32, ctypes.c_int64, ctypes.c_int64, ctypes.c_int64, ctypes.c_float,
-                                                ctypes.c_float, _F32, _F32, _F32, _F32, ctypes.c_int]
-    lib.tangent_to_ball_forward.argtypes = [_F32, ctypes.c_int64, ctypes.c_int64, ctypes.c_double, ctypes.c_double,
-                                            ctypes.c_double, _F32]
-    lib.tangent_to_ball_backward.argtypes = [_F32, _F32, ctypes.c_int64, ctypes.c_int64, ctypes.c_double,
-                                             ctypes.c_double, ctypes.c_double, _F32]
-    for fn in (lib.tangent_to_ball_forward, lib.tangent_to_ball_backward):
-        fn.restype = None
-    for fn in (lib.hier_lca_forward, lib.hier_lca_backward, lib.poincare_pdist_forward, lib.poincare_pdist_backward,
-               lib.poincare_cdist_backward, lib.relaxed_similarity_forward, lib.relaxed_similarity_backward):
-        fn.restype = ctypes.c_int
-    return lib
 
 
 def _ptr(t, kind):

@@ -25,6 +25,7 @@
 #include <string.h>
 
 #include "fastmath.h"
+#include "lanes.h"
 #include "parallel.h"
 
 /* The 64-bit seed of row r of the stream of key: output r of SplitMix64 (Steele, Lea, Flood 2014). */
@@ -72,8 +73,7 @@ typedef struct {
 static void sample_row(const job_t *job, int b, int64_t t, const float *restrict m, float *restrict w,
                        int normalize) {
     const int64_t P = job->P;
-    float lo = m[0];
-    for (int64_t p = 1; p < P; p++) lo = m[p] < lo ? m[p] : lo;
+    const float lo = min_f(m, P);
     if (job->noise) {
         const float *u = job->noise + (b * job->T + t) * P;
         for (int64_t p = 0; p < P; p++) w[p] = exp_nonpositive(lo - m[p]) / log_positive(u[p]);
@@ -84,17 +84,14 @@ static void sample_row(const job_t *job, int b, int64_t t, const float *restrict
             w[p] = exp_nonpositive(lo - m[p]) / log_positive(uniform_at(s_lo, s_hi, (uint32_t)p));
     }
     if (normalize) {
-        float total = 0.0f;
-        for (int64_t p = 0; p < P; p++) total += w[p];
-        const float inv = 1.0f / total;
+        const float inv = 1.0f / sum_f(w, P);
         for (int64_t p = 0; p < P; p++) w[p] *= inv;
     }
 }
 
 /* The first index of the minimum of w. */
 static int64_t first_argmin(const float *w, int64_t P) {
-    float best = w[0];
-    for (int64_t p = 1; p < P; p++) best = w[p] < best ? w[p] : best;
+    const float best = min_f(w, P);
     int64_t arg = 0;
     while (arg < P - 1 && w[arg] != best) arg++;
     return arg;
@@ -153,12 +150,8 @@ static void *backward_rows(void *arg) {
         row_maxima(job, t, m1, m2);
         sample_row(job, 0, t, m1, y1, 1);
         sample_row(job, 1, t, m2, y2, 1);
-        float dot1 = 0.0f, dot2 = 0.0f;
-        for (int64_t p = 0; p < P; p++) {
-            c[p] = ei * si[p] + ej * sj[p] - ek * sk[p];
-            dot1 += y1[p] * c[p];
-            dot2 += y2[p] * c[p];
-        }
+        for (int64_t p = 0; p < P; p++) c[p] = ei * si[p] + ej * sj[p] - ek * sk[p];
+        const float dot1 = dot_f(y1, c, P), dot2 = dot_f(y2, c, P);
         /* g: dL/dm1 plus the part of dL/dm2 that flows into m1; y2 is reused for the part that flows to s_k. */
         for (int64_t p = 0; p < P; p++) {
             const float g_pair = y1[p] * (dot1 - c[p]), g_trip = y2[p] * (c[p] - dot2);

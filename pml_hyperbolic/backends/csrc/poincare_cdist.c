@@ -27,6 +27,7 @@
 
 #include "ball.h"
 #include "fastmath.h"
+#include "lanes.h"
 #include "parallel.h"
 
 typedef struct {
@@ -56,19 +57,16 @@ static void *forward_rows(void *arg) {
         const float ui = job->u[i], cai = (float)job->ca[i];
         const float kappa = job->kappa;
         float *restrict q = job->q ? job->q + i * M : scratch;
-        float closest = -INFINITY; /* max over j of kappa (u_i + v_j) - A_ij: >= 0 if a pair is close */
+        int close = 0; /* a pair of this row has A_ij <= kappa (u_i + v_j) */
         for (int64_t j = 0; j < M; j++) {
-            const float A = (ui + v[j]) - 2.0f * g[j], gap = kappa * (ui + v[j]) + 1e-19f - A;
-            closest = gap > closest ? gap : closest;
+            const float A = (ui + v[j]) - 2.0f * g[j];
+            close |= A <= kappa * (ui + v[j]) + 1e-19f;
             q[j] = cai * bf[j] * A;
         }
-        if (closest >= 0.0f) { /* close pairs in this row: exact differences, q negated as the flag */
+        if (close) { /* close pairs in this row: exact differences, q negated as the flag */
             for (int64_t j = 0; j < M; j++) {
                 if ((ui + v[j]) - 2.0f * g[j] > kappa * (ui + v[j]) + 1e-19f) continue;
-                const float *restrict yj = job->y + j * D;
-                float A = 0.0f;
-                for (int64_t e = 0; e < D; e++) A += (xi[e] - yj[e]) * (xi[e] - yj[e]);
-                q[j] = -(cai * bf[j] * A);
+                q[j] = -(cai * bf[j] * sq_dist_f(xi, job->y + j * D, D));
                 job->count++;
             }
         }
@@ -84,25 +82,28 @@ static void *backward_rows(void *arg) {
     const float inv_sqrt_c = 1.0f / sqrtf(job->c);
     float *restrict col_ka = job->col_ka, *restrict col_eq = job->col_eq;
     const float *restrict b = job->b;
+    float *buf = malloc(sizeof(float) * (size_t)(2 * M + 1)); /* a row's E q and flag K, summed in lanes after */
+    if (!buf) return (void *)1;
+    float *restrict eqs = buf, *restrict ks = buf + M;
     for (int64_t j = 0; j < M; j++) col_ka[j] = col_eq[j] = 0.0f;
     for (int64_t i = job->begin; i < job->end; i++) {
         const float *restrict G = job->grad + i * M;
         float *restrict qk = job->q + i * M; /* q in, K out */
         const float ai = job->a[i];
-        float row_k = 0.0f, row_eq = 0.0f;
         for (int64_t j = 0; j < M; j++) {
-            const float q = fabsf(qk[j]), flagged = qk[j] < 0.0f ? 0.0f : 1.0f;
-            const float e = q > 0.0f ? G[j] * inv_sqrt_c / sqrtf(q * (1.0f + q)) : 0.0f;
-            const float eq = e * q, k = e * b[j];
-            row_eq += eq;
+            const float qs = qk[j], q = fabsf(qs), flagged = qs < 0.0f ? 0.0f : 1.0f;
+            const float w = q * (1.0f + q), e_any = G[j] * inv_sqrt_c / sqrtf(w > 1e-30f ? w : 1e-30f);
+            const float e = q > 0.0f ? e_any : 0.0f, eq = e * q, k = e * b[j];
+            eqs[j] = eq;
+            ks[j] = flagged * k;
             col_eq[j] += eq;
-            row_k += flagged * k;
             col_ka[j] += flagged * k * ai;
             qk[j] = k;
         }
-        job->row_k[i] = row_k;
-        job->row_eq[i] = row_eq;
+        job->row_k[i] = sum_f(ks, M);
+        job->row_eq[i] = sum_f(eqs, M);
     }
+    free(buf);
     return NULL;
 }
 

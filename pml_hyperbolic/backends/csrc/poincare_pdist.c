@@ -23,6 +23,7 @@
 
 #include "ball.h"
 #include "fastmath.h"
+#include "lanes.h"
 #include "parallel.h"
 
 typedef struct {
@@ -94,11 +95,8 @@ static void *backward_rows(void *arg) {
         for (int64_t e = 0; e < D; e++) acc[e] = 0.0f;
         for (int64_t t = 0; t < n; t++) {
             const float *restrict xj = job->x + idx[t] * D, aa = a[i] * a[idx[t]];
-            float A = 0.0f;
-            for (int64_t e = 0; e < D; e++) {
-                diff[e] = xi[e] - xj[e];
-                A += diff[e] * diff[e];
-            }
+            for (int64_t e = 0; e < D; e++) diff[e] = xi[e] - xj[e];
+            const float A = dot_f(diff, diff, D);
             if (A == 0.0f) continue; /* identical points: no gradient */
             const float kj = 2.0f * g[t] * sqrtf(aa / (A * (1.0f + c * A * aa)));
             radial += kj * A;

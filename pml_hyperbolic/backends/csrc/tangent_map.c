@@ -13,6 +13,8 @@
 #include <math.h>
 #include <stdint.h>
 
+#include "lanes.h"
+
 /* s and s'(n) / n of a row with squared norm nn. */
 static void scale(double nn, double sqrt_c, double clip_r, double rho_max, double *s, double *slope) {
     const double n = nn > 1e-300 ? sqrt(nn) : 1e-150, clipped = clip_r >= 0.0 && n >= clip_r;
@@ -30,9 +32,8 @@ void tangent_to_ball_forward(const float *u, int64_t N, int64_t D, double sqrt_c
                              float *out) {
     for (int64_t i = 0; i < N; i++) {
         const float *restrict x = u + i * D;
-        double nn = 0.0, s, slope;
-        for (int64_t e = 0; e < D; e++) nn += (double)x[e] * x[e];
-        scale(nn, sqrt_c, clip_r, rho_max, &s, &slope);
+        double s, slope;
+        scale(dot_d(x, x, D), sqrt_c, clip_r, rho_max, &s, &slope);
         const float sf = (float)s;
         for (int64_t e = 0; e < D; e++) out[i * D + e] = x[e] * sf;
     }
@@ -42,12 +43,9 @@ void tangent_to_ball_backward(const float *u, const float *grad, int64_t N, int6
                               double rho_max, float *grad_u) {
     for (int64_t i = 0; i < N; i++) {
         const float *restrict x = u + i * D, *restrict g = grad + i * D;
-        double nn = 0.0, gu = 0.0, s, slope;
-        for (int64_t e = 0; e < D; e++) {
-            nn += (double)x[e] * x[e];
-            gu += (double)g[e] * x[e];
-        }
-        scale(nn, sqrt_c, clip_r, rho_max, &s, &slope);
+        const double gu = dot_d(g, x, D);
+        double s, slope;
+        scale(dot_d(x, x, D), sqrt_c, clip_r, rho_max, &s, &slope);
         const float sf = (float)s, w = (float)(slope * gu);
         for (int64_t e = 0; e < D; e++) grad_u[i * D + e] = g[e] * sf + x[e] * w;
     }
