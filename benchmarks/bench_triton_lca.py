@@ -41,7 +41,7 @@ def inputs(p, per_anchor, device):
 def steps(dist, triplets, upstream):
     """{name: one forward + backward} for the methods above (the graph is added by the caller)."""
     from pml_hyperbolic.backends import triton_lca
-    from pml_hyperbolic.losses.hier_loss import _TripletLCAHinge
+    from pml_hyperbolic.losses.hier_lca import _TripletLCAHinge
 
     t, p = len(triplets[0]), dist.shape[1]
     key = torch.zeros((), dtype=torch.int64, device=dist.device)
@@ -99,7 +99,7 @@ def counts(fn):
 def cross_check(dist, triplets, upstream):
     """Both paths on the same uniforms: (LCAs equal?, max |grad difference| / max |grad|)."""
     from pml_hyperbolic.backends import triton_lca
-    from pml_hyperbolic.losses.hier_loss import _TripletLCAHinge
+    from pml_hyperbolic.losses.hier_lca import _TripletLCAHinge
 
     u = torch.rand(2, len(triplets[0]), dist.shape[1], device=dist.device).clamp_min_(1e-7)
     d = dist.detach().requires_grad_()

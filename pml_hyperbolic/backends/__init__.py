@@ -65,6 +65,17 @@ def launch(kernel, device):
     return stack
 
 
+def row_kernels(kind):
+    """The module with the row-wise kernels of a backend: :mod:`.native` ("native") or :mod:`.triton_rows`."""
+    if kind == "native":
+        from . import native
+
+        return native
+    from . import triton_rows
+
+    return triton_rows
+
+
 @functools.lru_cache(maxsize=None)
 def triton_interpreted():
     """Whether Triton runs in its interpreter (``TRITON_INTERPRET=1``): kernels then take CPU tensors."""

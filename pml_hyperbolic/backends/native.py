@@ -63,35 +63,26 @@ def lca_backward(scaled, i, j, k, noise, key, lca1, lca2, e):
 
 
 def use_pdist(x):
-    """Whether :func:`pdist` is the faster kernel for the R×D points ``x``: at most PDIST_MAX_WORK multiply-adds."""
+    """Whether :func:`pdist_forward` is the faster kernel for the R×D points ``x``: at most PDIST_MAX_WORK
+    multiply-adds."""
     return x.shape[0] ** 2 * x.shape[1] / 2 <= PDIST_MAX_WORK
 
 
-class _PoincarePdist(torch.autograd.Function):
-    @staticmethod
-    def forward(ctx, x, c):
-        out = torch.empty(len(x), len(x), dtype=torch.float32)
-        _check(library().poincare_pdist_forward(_ptr(x, _F32), *x.shape, c, _ptr(out, _F32), torch.get_num_threads()))
-        ctx.save_for_backward(x)
-        ctx.c = c
-        return out
-
-    @staticmethod
-    @torch.autograd.function.once_differentiable
-    def backward(ctx, grad):
-        (x,) = ctx.saved_tensors
-        grad = grad.contiguous()
-        grad_x = torch.empty_like(x)
-        _check(library().poincare_pdist_backward(_ptr(x, _F32), *x.shape, ctx.c, _ptr(grad, _F32), _ptr(grad_x, _F32),
-                                                 torch.get_num_threads()))
-        return grad_x, None
+def pdist_forward(x, c):
+    """The R×R Poincaré distances of the float32 CPU rows ``x`` by ``csrc/poincare_pdist.c``."""
+    x = x.contiguous()
+    out = torch.empty(len(x), len(x), dtype=torch.float32)
+    _check(library().poincare_pdist_forward(_ptr(x, _F32), *x.shape, c, _ptr(out, _F32), torch.get_num_threads()))
+    return out
 
 
-def pdist(x, c):
-    r"""Symmetric matrix of Poincaré distances :math:`d_c(x_i, x_j)` of the rows of ``x`` (R×D float32 CPU ball
-    points, curvature ``c`` a float), differentiable in ``x``: the native counterpart of ``poincare.cdist(x, x, c)``
-    for small sets (see ``csrc/poincare_pdist.c``; :func:`use_pdist` says when it applies)."""
-    return _PoincarePdist.apply(x.contiguous(), float(c))
+def pdist_backward(x, c, grad):
+    """dL/dx of :func:`pdist_forward` for ``grad`` = dL/d(out) (R×R)."""
+    x, grad = x.contiguous(), grad.to(torch.float32).contiguous()
+    grad_x = torch.empty_like(x)
+    _check(library().poincare_pdist_backward(_ptr(x, _F32), *x.shape, c, _ptr(grad, _F32), _ptr(grad_x, _F32),
+                                             torch.get_num_threads()))
+    return grad_x
 
 
 NON_FINITE_SIMILARITY = "The similarity matrix contains NaN or inf values: check the embeddings."

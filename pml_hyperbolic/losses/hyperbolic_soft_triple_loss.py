@@ -238,7 +238,7 @@ class _RelaxedSimilarity(torch.autograd.Function):
     def forward(ctx, m, sign, gamma):
         ctx.kind = backends.select(m)
         if ctx.kind != "torch":
-            s, p = poincare._row_kernels(ctx.kind).relaxed_similarity_forward(m, sign, gamma)
+            s, p = backends.row_kernels(ctx.kind).relaxed_similarity_forward(m, sign, gamma)
         else:
             with torch.autocast(device_type=m.device.type, enabled=False):
                 p = torch.softmax(m * (sign / gamma), dim=1)
@@ -252,7 +252,7 @@ class _RelaxedSimilarity(torch.autograd.Function):
     def backward(ctx, grad):
         m, p, s = ctx.saved_tensors
         if ctx.kind != "torch":
-            return poincare._row_kernels(ctx.kind).relaxed_similarity_backward(m, s, p, ctx.sign, ctx.gamma, grad), None, None
+            return backends.row_kernels(ctx.kind).relaxed_similarity_backward(m, s, p, ctx.sign, ctx.gamma, grad), None, None
         alpha = (ctx.sign * grad * (1 - s / ctx.gamma)).unsqueeze(1)
         beta = (grad / ctx.gamma).unsqueeze(1)
         return torch.addcmul(alpha, m, beta).mul_(p), None, None

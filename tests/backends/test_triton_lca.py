@@ -11,7 +11,7 @@ import torch.nn.functional as F
 pytest.importorskip("triton")
 
 from pml_hyperbolic.backends import native, triton_lca  # noqa: E402
-from pml_hyperbolic.losses.hier_loss import _TripletLCAHinge  # noqa: E402
+from pml_hyperbolic.losses.hier_lca import _TripletLCAHinge  # noqa: E402
 from pml_hyperbolic.utils.random import counter_uniform  # noqa: E402
 
 INTERPRET = os.environ.get("TRITON_INTERPRET") == "1"

@@ -1,45 +1,14 @@
-r"""Functional math of the Poincaré ball :math:`\mathbb{D}^n_c = \{x : c\|x\|^2 < 1\}`, curvature :math:`-c`, c > 0.
-
-Every function takes the curvature ``c`` as a Python float or a tensor (a learnable curvature works: everything
-is differentiable in ``c``) and works on the last dimension. Notation used in the docstrings:
-
-* :math:`\alpha_x = 1 - c\|x\|^2` (positive inside the ball), :math:`\lambda_x = 2/\alpha_x` (conformal factor),
-* :math:`A = \|x - y\|^2`.
-
-The distance is evaluated in the asinh form, well conditioned both for close pairs and near the boundary:
-
-.. math::
-
-    d_c(x, y) = \frac{2}{\sqrt c}\,\operatorname{asinh}\sqrt{\frac{c\,\|x-y\|^2}{\alpha_x\,\alpha_y}}
-              = \frac{2}{\sqrt c}\,\operatorname{artanh}\!\left(\sqrt c\,\|(-x)\oplus_c y\|\right).
-
-Numerical rules (see CONTRIBUTING.md): half-precision inputs are computed in float32 and autocast is disabled
-inside, the norms :math:`\|x\|^2` (hence :math:`\alpha`) are accumulated in float64, :math:`\operatorname{asinh}`
-is evaluated as ``log1p`` (exact near 0), and :math:`d(x, x)` is exactly 0 with a zero gradient.
-"""
+"""The autograd Functions behind :mod:`pml_hyperbolic.poincare`: hand-written backwards (one formula instead of
+autograd through a dozen ops), each with its kernels (C on the CPU, Triton on CUDA, :mod:`pml_hyperbolic.backends`)
+and a torch twin that the tests hold them to."""
 
 import contextlib
 import math
 
 import torch
 
-from . import backends
-from .backends import native, triton_cdist
-
-__all__ = [
-    "boundary_eps",
-    "clip_features",
-    "cdist",
-    "dist",
-    "dist0",
-    "expmap0",
-    "lambda_x",
-    "logmap0",
-    "max_norm",
-    "project",
-    "riemannian_gradient",
-    "tangent_to_ball",
-]
+from .. import backends
+from ..backends import native
 
 # Relative distance to the boundary kept by `project`, per dtype. float32 and float64 can go very close because the
 # distance is computed without cancellation; half types keep a margin that survives rounding to their mantissa.
@@ -69,66 +38,6 @@ def _full_precision(device):
     """Autocast off and IEEE float32 matrix products: the hyperbolic math needs true float32 products."""
     with torch.autocast(device_type=device.type, enabled=False), backends.ieee_matmul(device.type):
         yield
-
-
-def boundary_eps(dtype):
-    """Relative margin to the boundary that :func:`project` keeps for ``dtype``."""
-    return _BOUNDARY_EPS.get(dtype, 1e-5)
-
-
-def max_norm(c, dtype=torch.float32):
-    r"""Largest Euclidean norm kept by :func:`project`: :math:`(1 - \epsilon_{dtype}) / \sqrt c`."""
-    return (1 - boundary_eps(dtype)) / c**0.5
-
-
-def project(x, c, dim=-1, eps=None):
-    r"""Project into the ball: :math:`x \cdot \min(1, r_{max}/\|x\|)` with :math:`r_{max} = (1-\epsilon)/\sqrt c`.
-
-    Idempotent (bitwise): projected rows land strictly below :math:`r_{max}` and are left alone by a second call.
-    """
-    c = _as_c(c, x)
-    eps = boundary_eps(x.dtype) if eps is None else eps
-    r_max = (1 - eps) / c.sqrt()
-    norm = x.norm(dim=dim, keepdim=True)
-    # Target slightly inside r_max so that the rounded norm of the result is not above r_max again.
-    target = r_max * (1 - 8 * torch.finfo(x.dtype).eps)
-    scale = torch.where(norm > r_max, target / norm.clamp_min(torch.finfo(x.dtype).tiny), torch.ones_like(norm))
-    return x * scale
-
-
-def clip_features(x, r, dim=-1):
-    r"""Feature clipping (Guo et al., CVPR 2022): :math:`x \cdot \min(1, r / \|x\|)`."""
-    norm = x.norm(dim=dim, keepdim=True).clamp_min(torch.finfo(x.dtype).tiny)
-    return x * (r / norm).clamp(max=1)
-
-
-def expmap0(u, c, dim=-1):
-    r"""Exponential map at the origin: :math:`\exp_0(u) = \tanh(\sqrt c\|u\|)\,u / (\sqrt c\|u\|)`.
-
-    The result is projected (:func:`project`) since tanh rounds to 1 for large arguments.
-    """
-    c = _as_c(c, u)
-    sqrt_c = c.sqrt()
-    norm = u.norm(dim=dim, keepdim=True).clamp_min(torch.finfo(u.dtype).tiny)
-    scaled = sqrt_c * norm
-    # tanh(t)/t, continuous at t = 0 where it equals 1.
-    factor = torch.where(scaled < 1e-4, 1 - scaled**2 / 3, torch.tanh(scaled) / scaled)
-    return project(u * factor, c, dim=dim)
-
-
-def tangent_to_ball(u, c, clip_r=None, dim=-1):
-    r"""Clip, :func:`expmap0` and :func:`project` as one scale per row: :math:`u\,\rho/(\sqrt c\,\|u\|)` with
-    :math:`\rho = \min(\tanh(\sqrt c\,\min(\|u\|, r)),\ 1 - \epsilon)` (``clip_r`` = r, None: no clipping).
-
-    The map of :class:`~pml_hyperbolic.layers.ToPoincare` (equal to clip, expmap0, project up to rounding) and of the
-    proxies of :class:`~pml_hyperbolic.losses.HyperbolicSoftTripleLoss` and :class:`~pml_hyperbolic.losses.HIERLoss`.
-    With a constant curvature the backward is one formula, :math:`g\,s + u\,(g\cdot u)\,s'(\|u\|)/\|u\|` for the
-    scale :math:`s`, instead of autograd through a dozen ops (twice differentiable either way)."""
-    # tanh rounds to 1 for large arguments: keep the projection's margin to the boundary.
-    rho_max = (1 - boundary_eps(u.dtype)) * (1 - 8 * torch.finfo(u.dtype).eps)
-    if isinstance(c, torch.Tensor) and c.requires_grad:
-        return u * _tangent_norm_scale(u, c.to(u).sqrt(), clip_r, rho_max, dim)[2]
-    return _TangentToBall.apply(u, math.sqrt(float(c)), clip_r, rho_max, dim)
 
 
 def _tangent_norm_scale(u, sqrt_c, clip_r, rho_max, dim):
@@ -163,80 +72,17 @@ class _TangentToBall(torch.autograd.Function):
         ctx.args = (sqrt_c, clip_r, rho_max, dim)
         ctx.kind = backends.select(u) if u.ndim == 2 and dim in (-1, 1) else "torch"
         if ctx.kind != "torch":
-            return _row_kernels(ctx.kind).tangent_to_ball_forward(u, sqrt_c, clip_r, rho_max)
+            return backends.row_kernels(ctx.kind).tangent_to_ball_forward(u, sqrt_c, clip_r, rho_max)
         return u * _tangent_norm_scale(u, sqrt_c, clip_r, rho_max, dim)[2]
 
     @staticmethod
     def backward(ctx, grad):
         (u,) = ctx.saved_tensors
         if ctx.kind != "torch" and not torch.is_grad_enabled():  # grad mode here: a graph of the backward is built
-            grad_u = _row_kernels(ctx.kind).tangent_to_ball_backward(u, grad, *ctx.args[:3])
+            grad_u = backends.row_kernels(ctx.kind).tangent_to_ball_backward(u, grad, *ctx.args[:3])
             return grad_u, None, None, None, None
         s, slope = _tangent_scale(u, *ctx.args)
         return grad * s + u * (slope * (grad * u).sum(ctx.args[3], keepdim=True)), None, None, None, None
-
-
-def _row_kernels(kind):
-    """The module with the row-wise kernels of a backend: ``backends.native`` or ``backends.triton_rows``."""
-    if kind == "native":
-        return native
-    from .backends import triton_rows
-
-    return triton_rows
-
-
-def logmap0(x, c, dim=-1):
-    r"""Logarithmic map at the origin: :math:`\log_0(x) = \operatorname{artanh}(\sqrt c\|x\|)\,x / (\sqrt c\|x\|)`."""
-    c = _as_c(c, x)
-    sqrt_c = c.sqrt()
-    norm = x.norm(dim=dim, keepdim=True).clamp_min(torch.finfo(x.dtype).tiny)
-    scaled = (sqrt_c * norm).clamp(max=1 - torch.finfo(x.dtype).eps)
-    factor = torch.where(scaled < 1e-4, 1 + scaled**2 / 3, torch.atanh(scaled) / scaled)
-    return x * factor
-
-
-def lambda_x(x, c, dim=-1, keepdim=False):
-    r"""Conformal factor :math:`\lambda_x = 2 / (1 - c\|x\|^2)`."""
-    c = _as_c(c, x)
-    return 2 / (1 - c * x.pow(2).sum(dim=dim, keepdim=keepdim))
-
-
-def _asinh_sqrt(q):
-    r"""asinh(sqrt(q)) as log1p(s + q / (1 + sqrt(1 + q))), s = sqrt(q): exact near 0, faster than ``torch.asinh``."""
-    return torch.log1p(q.sqrt() + q / (1 + (1 + q).sqrt()))
-
-
-def dist0(x, c, dim=-1, keepdim=False):
-    r"""Distance to the origin: :math:`d_c(0, x) = \frac{2}{\sqrt c}\operatorname{artanh}(\sqrt c\|x\|)
-    = \frac{2}{\sqrt c}\operatorname{asinh}\sqrt{c\|x\|^2/\alpha_x}`."""
-    out_dtype = torch.promote_types(x.dtype, torch.float32)
-    with _full_precision(x.device):
-        xw = x.to(torch.float64)
-        cw = _as_c(c, xw)
-        u = xw.pow(2).sum(dim=dim, keepdim=keepdim)
-        q = (cw * u / (1 - cw * u)).clamp_min(1e-300)  # the clamp passes a zero gradient at x = 0
-        d = torch.where(u > 0, 2 / cw.sqrt() * _asinh_sqrt(q), torch.zeros_like(q))
-    return d.to(out_dtype)
-
-
-def dist(x, y, c, dim=-1, keepdim=False):
-    r"""Row-wise distance :math:`d_c(x_i, y_i)` (broadcasting), from exact differences :math:`x - y`.
-
-    .. math:: d_c(x, y) = \frac{2}{\sqrt c}\operatorname{asinh}\sqrt{\frac{c\,\|x-y\|^2}{\alpha_x\alpha_y}}
-
-    Computed in float64 (it is O(N·D)); returned in ``promote(x.dtype, float32)``. ``d(x, x) = 0`` with zero gradient.
-    """
-    out_dtype = torch.promote_types(torch.promote_types(x.dtype, y.dtype), torch.float32)
-    with _full_precision(x.device):
-        xw, yw = x.to(torch.float64), y.to(torch.float64)
-        cw = _as_c(c, xw)
-        a = (xw - yw).pow(2).sum(dim=dim, keepdim=keepdim)
-        alpha = 1 - cw * xw.pow(2).sum(dim=dim, keepdim=keepdim)
-        beta = 1 - cw * yw.pow(2).sum(dim=dim, keepdim=keepdim)
-        # The clamp passes a zero gradient at x = y (where sqrt has an infinite derivative).
-        q = (cw * a / (alpha * beta)).clamp_min(1e-300)
-        d = torch.where(a > 0, 2 / cw.sqrt() * _asinh_sqrt(q), torch.zeros_like(q))
-    return d.to(out_dtype)
 
 
 def _exact_sq_dists(x, y, rows, cols):
@@ -398,42 +244,26 @@ def _sq_norms(x, c64):
     return u
 
 
-def cdist(x, y, c):
-    r"""Pairwise distance matrix :math:`D_{ij} = d_c(x_i, y_j)` for ``x`` (N×D) and ``y`` (M×D).
+class _NativePdist(torch.autograd.Function):
+    """:func:`~pml_hyperbolic.poincare.pdist` of float32 CPU rows in the C kernel (``csrc/poincare_pdist.c``: exact
+    differences, exactly symmetric, zero diagonal)."""
 
-    .. math:: D_{ij} = \frac{2}{\sqrt c}\operatorname{asinh}\sqrt{\frac{c\,A_{ij}}{\alpha_i\beta_j}},\qquad
-              A_{ij} = \|x_i\|^2 + \|y_j\|^2 - 2\,x_i\cdot y_j
+    @staticmethod
+    def forward(ctx, x, c):
+        ctx.save_for_backward(x)
+        ctx.c = c
+        return native.pdist_forward(x, c)
 
-    Cost: one N×M×D matrix product forward, two backward, O(N·M) memory (never an N×M×D tensor). Accuracy: pairs
-    where the product can cancel (close pairs) get :math:`A_{ij}` from exact differences, so float32 inputs get
-    float64-like relative accuracy (≤1e-5) at float32 speed; identical points give exactly 0 with zero gradient.
-    Half-precision inputs and autocast are computed in float32; the result has dtype ``promote(x.dtype, float32)``.
-    """
-    if x.ndim != 2 or y.ndim != 2 or x.shape[1] != y.shape[1]:
-        raise ValueError(f"cdist expects x (N×D) and y (M×D) with the same D, got {tuple(x.shape)} and {tuple(y.shape)}")
-    out_dtype = torch.promote_types(torch.promote_types(x.dtype, y.dtype), torch.float32)
-    if x.shape[0] == 0 or y.shape[0] == 0:
-        return (x.sum(1, keepdim=True) + y.sum(1).unsqueeze(0)).to(out_dtype)  # empty N×M, attached to the graph
-    work = _work_dtype(out_dtype)
-    constant_c = not isinstance(c, torch.Tensor) or (c.device.type == "cpu" and not c.requires_grad)
-    with _full_precision(x.device):
-        xw, yw = x.to(work), y.to(work)
-        kind = backends.select(xw, yw) if constant_c else "torch"
-        if kind == "triton":
-            return triton_cdist.cdist(xw, yw, float(c))
-        if kind == "native":
-            return _NativeCdist.apply(xw, yw, float(c))
-        cw = _as_c(c, xw)
-        with torch.no_grad():
-            # 1/alpha in float64 from the exact curvature (a float c is not rounded to float32 here)
-            c64 = _as_c(c.detach() if isinstance(c, torch.Tensor) else c, torch.empty((), dtype=torch.float64))
-            u, v = _sq_norms(xw.detach(), c64), _sq_norms(yw.detach(), c64)
-            a = (1 / (1 - c64 * u)).to(work)
-            b = (1 / (1 - c64 * v)).to(work)
-        return _PoincareCdist.apply(xw, yw, cw, u.to(work), v.to(work), a, b).to(out_dtype)
+    @staticmethod
+    @torch.autograd.function.once_differentiable
+    def backward(ctx, grad):
+        (x,) = ctx.saved_tensors
+        return native.pdist_backward(x, ctx.c, grad), None
 
 
 class _RiemannianGradient(torch.autograd.Function):
+    """Identity forward; the backward scales the gradient by (1 - c||x||^2)^2 / 4."""
+
     @staticmethod
     def forward(ctx, x, c):
         ctx.save_for_backward((1 - c.detach() * x.detach().pow(2).sum(-1, keepdim=True)).pow(2) / 4)
@@ -445,7 +275,3 @@ class _RiemannianGradient(torch.autograd.Function):
         return grad * scale, None
 
 
-def riemannian_gradient(x, c):
-    r"""Identity in the forward pass; in the backward pass the gradient is scaled by
-    :math:`1/\lambda_x^2 = (1 - c\|x\|^2)^2/4` (Euclidean to Riemannian gradient, as in hyptorch's ToPoincare)."""
-    return _RiemannianGradient.apply(x, _as_c(c, x))
