@@ -104,8 +104,13 @@ class HyperbolicSoftTripleLoss(WeightRegularizerMixin, BaseMetricLossFunction):
         tangent = torch.empty(num_classes * centers_per_class, embedding_size)
         self.weight_init_func(tangent)
         if manifold_proxies:
-            import geoopt
-
+            try:
+                import geoopt
+            except ImportError as error:
+                raise ImportError(
+                    "manifold_proxies=True needs geoopt: pip install 'pml-hyperbolic[geoopt]', or keep the default "
+                    "tangent-space proxies (any torch optimizer)."
+                ) from error
             self.manifold = geoopt.PoincareBall(c=c)
             with torch.no_grad():
                 self.proxies = geoopt.ManifoldParameter(poincare.tangent_to_ball(tangent, c, clip_r), manifold=self.manifold)

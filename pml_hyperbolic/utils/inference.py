@@ -20,8 +20,6 @@ HNSW (efSearch = 64) over those vectors reached recall@10 = 0.08, over the tange
 
 import warnings
 
-import faiss
-import faiss.contrib.torch_utils  # noqa: F401  (faiss indexes accept torch tensors)
 import torch
 from pytorch_metric_learning.utils import common_functions as c_f
 from pytorch_metric_learning.utils.inference import FaissKMeans, convert_to_gpu_index, return_results
@@ -29,6 +27,19 @@ from tqdm.auto import tqdm
 
 from .. import poincare
 from .checks import check_curvature, check_embeddings, check_in_ball
+
+def _faiss():
+    """faiss with its torch bindings, or an ImportError naming the extra to install."""
+    try:
+        import faiss
+        import faiss.contrib.torch_utils  # noqa: F401  (faiss indexes accept torch tensors)
+    except ImportError as error:
+        raise ImportError(
+            "PoincareKNN needs faiss: pip install 'pml-hyperbolic[knn]' (faiss-cpu; for GPUs install a faiss-gpu "
+            "build), or use pml's CustomKNN(PoincareDistance()) without faiss."
+        ) from error
+    return faiss
+
 
 # Rows of the N×k' work arrays (float64) handled per chunk: bounded memory whatever N and k.
 _CHUNK_ELEMENTS = 1 << 22
@@ -55,7 +66,7 @@ def _score_error_factor(dim):
 def _is_exact(index):
     """True for the exact index (inner products of the vectors of the module docstring), False for an approximate
     index over the tangent vectors (L2 metric)."""
-    return index.metric_type == faiss.METRIC_INNER_PRODUCT
+    return index.metric_type == _faiss().METRIC_INNER_PRODUCT
 
 
 class PoincareKNN:
@@ -90,12 +101,12 @@ class PoincareKNN:
     when it is kept)::
 
         def ivf(dim):
-            index = faiss.index_factory(dim, "IVF1024,Flat")
+            index = _faiss().index_factory(dim, "IVF1024,Flat")
             index.nprobe = 32
             return index
 
         def hnsw(dim):
-            index = faiss.IndexHNSWFlat(dim, 32)
+            index = _faiss().IndexHNSWFlat(dim, 32)
             index.hnsw.efSearch = 128
             return index
 
@@ -171,7 +182,7 @@ class PoincareKNN:
         indices = torch.empty(n, k, dtype=torch.long, device=query.device)
         todo = torch.arange(n, device=query.device)
         k_search = min(k + self.extra_candidates, n_ref)
-        block = faiss.cvar.distance_compute_blas_query_bs  # faiss's query block: chunks are multiples of it
+        block = _faiss().cvar.distance_compute_blas_query_bs  # faiss's query block: chunks are multiples of it
         with tqdm(total=n, desc="PoincareKNN", leave=False, disable=n <= _MAX_CHUNK_ROWS) as progress:
             while todo.numel():
                 step = max(1, min(_MAX_CHUNK_ROWS, _CHUNK_ELEMENTS // k_search))
@@ -279,7 +290,7 @@ class PoincareKNN:
     def _searcher(self, is_cuda):
         """``search(x, k) -> (scores, ids)`` on x's device; the index is copied to faiss GPUs once (pml's try_gpu rules)."""
         gpu_index = None
-        if (is_cuda or self.gpus is not None) and faiss.get_num_gpus() > 0:
+        if (is_cuda or self.gpus is not None) and _faiss().get_num_gpus() > 0:
             try:
                 gpu_index = convert_to_gpu_index(self.index, self.gpus)
             except (AttributeError, RuntimeError) as err:
@@ -315,13 +326,13 @@ class PoincareKNN:
         check_in_ball(embeddings, self.c, "reference")
         dim = embeddings.shape[1]
         if self.index_init_fn is None:
-            index = faiss.IndexFlatIP(dim + 2)
+            index = _faiss().IndexFlatIP(dim + 2)
         else:
             index = self.index_init_fn(dim)
-            if index.metric_type != faiss.METRIC_L2 or index.d != dim:
+            if index.metric_type != _faiss().METRIC_L2 or index.d != dim:
                 raise ValueError(
                     f"index_init_fn(dim) must return a faiss index of width dim = {dim} (the tangent vectors) with "
-                    "the L2 metric, e.g. faiss.IndexHNSWFlat(dim, 32) or faiss.index_factory(dim, 'IVF1024,Flat')."
+                    "the L2 metric, e.g. _faiss().IndexHNSWFlat(dim, 32) or _faiss().index_factory(dim, 'IVF1024,Flat')."
                 )
         self.reset()
         v = embeddings.detach().to(torch.float64).pow(2).sum(1)
@@ -357,8 +368,8 @@ class PoincareKNN:
 
     def save(self, filename):
         """Write the faiss index to ``filename``, and the references, c and offsets to ``filename + '.ref.pt'``."""
-        index = faiss.index_gpu_to_cpu(self.index) if "Gpu" in type(self.index).__name__ else self.index
-        faiss.write_index(index, filename)
+        index = _faiss().index_gpu_to_cpu(self.index) if "Gpu" in type(self.index).__name__ else self.index
+        _faiss().write_index(index, filename)
         torch.save({"reference": self.reference.cpu(), "c": self.c, "offsets": self._offsets}, filename + ".ref.pt")
 
     def load(self, filename):
@@ -367,7 +378,7 @@ class PoincareKNN:
         if saved["c"] != self.c:
             raise ValueError(f"{filename} was built with c = {saved['c']}, but this PoincareKNN has c = {self.c}.")
         self.reset()
-        self.index = faiss.read_index(filename)
+        self.index = _faiss().read_index(filename)
         self._offsets = saved["offsets"]
         self._set_reference(saved["reference"])
 
