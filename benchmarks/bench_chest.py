@@ -33,7 +33,8 @@ def main():
         labels = torch.randperm(num_classes)[:90].repeat_interleave(2).to(device)
         features = torch.randn(B, D, device=device)
         sphere = F.normalize(features, dim=1).requires_grad_(True)
-        layout_b = torch.cat([F.normalize(features[:, :D_E], dim=1), ToPoincare(c=0.1, clip_r=2.3)(features[:, D_E:])], 1)
+        ball = ToPoincare(c=0.1, clip_r=2.3)(features[:, D_E:])
+        layout_b = torch.cat([F.normalize(features[:, :D_E], dim=1), ball], 1)
         layout_b = layout_b.detach().requires_grad_(True)
 
         def chest(**kwargs):

@@ -44,7 +44,8 @@ def make_points(kind, n, m, dim, gen, device):
         centres = make_points("spread", 50, 0, dim, gen, device)[0] * 0.97  # 50 clusters: 2 % of pairs share one
         pick = torch.randint(50, (n + m,), generator=gen, device=device)
         lam = 2 / (1 - C * centres[pick].pow(2).sum(1, keepdim=True))  # d ~ lam ||offset|| for close points
-        offset = _directions(n + m, dim, gen, device) * (0.003 / lam) * torch.rand(n + m, 1, generator=gen, device=device)
+        length = (0.003 / lam) * torch.rand(n + m, 1, generator=gen, device=device)
+        offset = _directions(n + m, dim, gen, device) * length
         points = centres[pick] + offset
     else:
         radius = {"sphere": 0.62, "boundary": 0.999}.get(kind)

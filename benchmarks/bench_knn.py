@@ -113,7 +113,8 @@ def part1(n, dim, ks, repeats, custom_queries):
         note = f" (extrapolated from {custom_queries} queries)" if name.startswith("CustomKNN") else ""
         print(f"| {name}{note} | " + " | ".join(f"{t[k]:.1f} | {t[k] / base[k]:.2f}" for k in ks) + " |")
     exact, slow = rows["PoincareKNN (exact)"], rows["CustomKNN(PoincareDistance())"]
-    print("\nPoincareKNN (exact) speed-up over CustomKNN: " + ", ".join(f"k = {k}: {slow[k] / exact[k]:.1f}×" for k in ks))
+    speedups = ", ".join(f"k = {k}: {slow[k] / exact[k]:.1f}×" for k in ks)
+    print("\nPoincareKNN (exact) speed-up over CustomKNN: " + speedups)
 
 
 def recall(found, exact, k):
@@ -145,7 +146,8 @@ def part2(n, dim, n_queries, nlist, nprobes, hnsw_m, efs, repeats):
     def hnsw(dim_):
         return faiss.IndexHNSWFlat(dim_, hnsw_m)
 
-    for name, make, knob, values in [(f"IVF{nlist},Flat", ivf, "nprobe", nprobes), (f"HNSW{hnsw_m},Flat", hnsw, "efSearch", efs)]:
+    indexes = [(f"IVF{nlist},Flat", ivf, "nprobe", nprobes), (f"HNSW{hnsw_m},Flat", hnsw, "efSearch", efs)]
+    for name, make, knob, values in indexes:
         knn = PoincareKNN(C, reset_before=False, reset_after=False, index_init_fn=make)
         print(f"building {name} ...")
         t0 = time.perf_counter()
@@ -157,7 +159,8 @@ def part2(n, dim, n_queries, nlist, nprobes, hnsw_m, efs, repeats):
             else:
                 knn.index.hnsw.efSearch = value
             found = {}
-            search_ms = time_ms({"search": lambda: found.update(i=knn(query, 10)[1])}, repeats=repeats, warmup=0)
+            search_ms = time_ms({"search": lambda knn=knn: found.update(i=knn(query, 10)[1])}, repeats=repeats,
+                                warmup=0)
             results.append((name, f"{knob} = {value}", build, search_ms["search"] / 1e3,
                             recall(found["i"], truth, 1), recall(found["i"], truth, 10)))
         del knn
@@ -166,7 +169,8 @@ def part2(n, dim, n_queries, nlist, nprobes, hnsw_m, efs, repeats):
     print("|---|---|---:|---:|---:|---:|---:|")
     for name, setting, build, search, r1, r10 in results:
         print(f"| {name} | {setting} | {build:.0f} | {search:.2f} | {n_queries / search:,.0f} | {r1:.4f} | {r10:.4f} |")
-    print(f"\npeak resident memory of this process: {resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20:.1f} GiB")
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20
+    print(f"\npeak resident memory of this process: {peak:.1f} GiB")
 
 
 def main():

@@ -104,7 +104,8 @@ def test_cdist_agrees_with_geoopt_in_the_interior():
 
 def test_self_distance_is_exactly_zero_with_zero_gradient(path):
     gen = torch.Generator().manual_seed(2)
-    x = torch.cat([sphere(30, 32, 0.62, gen), sphere(30, 32, 0.999, gen), torch.zeros(1, 32, dtype=torch.float64)]).float()
+    origin = torch.zeros(1, 32, dtype=torch.float64)
+    x = torch.cat([sphere(30, 32, 0.62, gen), sphere(30, 32, 0.999, gen), origin]).float()
     x = torch.cat([x, x[:5]]).to(path)  # duplicated rows at other indices are identical points too
     x.requires_grad_(True)
     d = poincare.cdist(x, x, C)
@@ -136,7 +137,8 @@ def test_cdist_gradients_match_float64_reference(radius_frac, learnable_c, path)
     gen = torch.Generator().manual_seed(4)
     x = sphere(20, 16, radius_frac, gen)
     # some rows of y are very close to rows of x (the exact-difference path), others random, one identical
-    y = torch.cat([poincare.project(x[:8] + 1e-3 * torch.randn(8, 16, generator=gen, dtype=torch.float64), C), sphere(12, 16, 0.7, gen)])
+    close = poincare.project(x[:8] + 1e-3 * torch.randn(8, 16, generator=gen, dtype=torch.float64), C)
+    y = torch.cat([close, sphere(12, 16, 0.7, gen)])
     y[9] = x[9]
     G = torch.randn(20, 20, generator=gen, dtype=torch.float64)
 

@@ -119,8 +119,8 @@ def select(*tensors, kernels=("native", "triton")):
 def ieee_matmul(device_type):
     """Float32 matrix products in full IEEE precision inside the block, whatever the process-wide setting is (legacy
     ``allow_tf32``, the ``fp32_precision`` knobs of torch >= 2.9, ``set_float32_matmul_precision``); the setting is
-    restored afterwards, also when an exception passes. Only the knob of ``device_type``'s matrix products is read, through
-    the API that does not raise for settings made with the other one. The Triton kernels do not need this: their
+    restored afterwards, also when an exception passes. Only the knob of ``device_type``'s matrix products is read,
+    through the API that does not raise for settings made with the other one. The Triton kernels do not need this: their
     products are IEEE by construction."""
     knob = torch.backends.cuda.matmul if device_type == "cuda" else getattr(torch.backends.mkldnn, "matmul", None)
     if knob is not None and hasattr(knob, "fp32_precision"):

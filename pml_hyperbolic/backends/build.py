@@ -74,7 +74,8 @@ def build(compiler, flag_sets=(FLAGS + ["-march=native"], FLAGS), folder=None):
         target.parent.mkdir(parents=True, exist_ok=True)
         fd, tmp = tempfile.mkstemp(suffix=".so", dir=target.parent)
         os.close(fd)
-        result = subprocess.run([compiler, *flags, *map(str, sources), "-o", tmp, "-lm"], capture_output=True, text=True)
+        command = [compiler, *flags, *map(str, sources), "-o", tmp, "-lm"]
+        result = subprocess.run(command, capture_output=True, text=True)
         if result.returncode == 0:
             os.replace(tmp, target)  # atomic: concurrent processes may build the same file
             return target

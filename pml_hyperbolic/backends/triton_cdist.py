@@ -75,8 +75,8 @@ def _log_positive(w):
 @triton.jit
 def _asinh_sqrt(q):
     """asinh(sqrt(q)) for q >= 0 in three ranges, each to a few float32 ulps: the odd series of asinh to s^9 for
-    q < 1/64 (s = sqrt(q)); log1p(z) = 2 atanh(z / (2 + z)) by its series for z = s + q / (1 + sqrt(1 + q)) < sqrt(2) - 1;
-    else log(1 + z) (at least 0.35, so the log's absolute error is small relative to it)."""
+    q < 1/64 (s = sqrt(q)); log1p(z) = 2 atanh(z / (2 + z)) by its series for z = s + q / (1 + sqrt(1 + q))
+    < sqrt(2) - 1; else log(1 + z) (at least 0.35, so the log's absolute error is small relative to it)."""
     s = tl.sqrt_rn(q)
     series = q * (35.0 / 1152.0) - 5.0 / 112.0
     series = series * q + 3.0 / 40.0

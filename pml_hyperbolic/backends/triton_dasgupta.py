@@ -59,8 +59,8 @@ def _rows(x_ptr, s0, s1, leaf, G, cols, mask, BT: tl.constexpr, BD: tl.constexpr
 
 
 @triton.jit
-def _norms(x_ptr, s0, s1, li, lj, lk, G, live, D, BT: tl.constexpr, BD: tl.constexpr):
-    """max(‖x_l‖, 1e-12) of the leaves li, lj, lk."""
+def _inverse_norms(x_ptr, s0, s1, li, lj, lk, G, live, D, BT: tl.constexpr, BD: tl.constexpr):
+    """1 / max(‖x_l‖, 1e-12) of the leaves li, lj, lk."""
     ni = tl.zeros([BT], tl.float32)
     nj = tl.zeros([BT], tl.float32)
     nk = tl.zeros([BT], tl.float32)
@@ -73,13 +73,14 @@ def _norms(x_ptr, s0, s1, li, lj, lk, G, live, D, BT: tl.constexpr, BD: tl.const
         ni += tl.sum(xi * xi, axis=1)
         nj += tl.sum(xj * xj, axis=1)
         nk += tl.sum(xk * xk, axis=1)
-    return (tl.maximum(tl.sqrt(ni), 1e-12), tl.maximum(tl.sqrt(nj), 1e-12), tl.maximum(tl.sqrt(nk), 1e-12))
+    ni, nj, nk = tl.maximum(tl.sqrt_rn(ni), 1e-12), tl.maximum(tl.sqrt_rn(nj), 1e-12), tl.maximum(tl.sqrt_rn(nk), 1e-12)
+    return 1 / ni, 1 / nj, 1 / nk
 
 
 @triton.jit
-def _halves(x_ptr, s0, s1, li, lj, lk, ni, nj, nk, G, live, D,
+def _halves(x_ptr, s0, s1, li, lj, lk, inv_i, inv_j, inv_k, G, live, D,
             NORMALIZE: tl.constexpr, BT: tl.constexpr, BD: tl.constexpr):
-    """c = ‖u + v‖²/4 and s = ‖v − u‖²/4 of the pairs (i, j), (i, k), (j, k) of leaves u = x_l (/ n_l)."""
+    """c = ‖u + v‖²/4 and s = ‖v − u‖²/4 of the pairs (i, j), (i, k), (j, k) of leaves u = x_l (· 1/n_l)."""
     cij = tl.zeros([BT], tl.float32)
     cik = tl.zeros([BT], tl.float32)
     cjk = tl.zeros([BT], tl.float32)
@@ -93,7 +94,7 @@ def _halves(x_ptr, s0, s1, li, lj, lk, ni, nj, nk, G, live, D,
         uj = _rows(x_ptr, s0, s1, lj, G, cols, mask, BT, BD)
         uk = _rows(x_ptr, s0, s1, lk, G, cols, mask, BT, BD)
         if NORMALIZE:
-            ui, uj, uk = ui / ni[:, None], uj / nj[:, None], uk / nk[:, None]
+            ui, uj, uk = ui * inv_i[:, None], uj * inv_j[:, None], uk * inv_k[:, None]
         a, b, c = ui + uj, ui + uk, uj + uk
         cij += tl.sum(a * a, axis=1)
         cik += tl.sum(b * b, axis=1)
@@ -132,7 +133,7 @@ def _radius(r_ptr, rho, one_minus_rho, LEARNED: tl.constexpr):
 @triton.jit
 def _depth(c, s, rho, one_minus_rho):
     """(δ, √c, y, 1 − y); log1p(y) as log(1 + y)·y/((1 + y) − 1) (exact to a few ulps, Goldberg)."""
-    root = tl.sqrt(c)
+    root = tl.sqrt_rn(c)
     y = rho * root
     one_minus_y = one_minus_rho + rho * s / (1 + root)
     one_plus = 1 + y
@@ -158,11 +159,12 @@ def _forward_kernel(x_ptr, xs0, xs1, tri_ptr, ts0, ts1, w_ptr, e_ptr, es0, es1, 
     tau = tl.cast(tau, tl.float32)
     t, live, li, lj, lk = _triplets(tri_ptr, ts0, ts1, T, BT)
     if NORMALIZE:
-        ni, nj, nk = _norms(x_ptr, xs0, xs1, li, lj, lk, G, live, D, BT, BD)
+        inv_i, inv_j, inv_k = _inverse_norms(x_ptr, xs0, xs1, li, lj, lk, G, live, D, BT, BD)
     else:
-        ni = tl.full([BT], 1.0, tl.float32)
-        nj, nk = ni, ni
-    cij, cik, cjk, sij, sik, sjk = _halves(x_ptr, xs0, xs1, li, lj, lk, ni, nj, nk, G, live, D, NORMALIZE, BT, BD)
+        inv_i = tl.full([BT], 1.0, tl.float32)
+        inv_j, inv_k = inv_i, inv_i
+    cij, cik, cjk, sij, sik, sjk = _halves(x_ptr, xs0, xs1, li, lj, lk, inv_i, inv_j, inv_k, G, live, D, NORMALIZE,
+                                           BT, BD)
     if W_MODE == 0:
         wij = tl.load(w_ptr + t, mask=live, other=0.0).to(tl.float32)
         wik = tl.load(w_ptr + T + t, mask=live, other=0.0).to(tl.float32)
@@ -171,7 +173,7 @@ def _forward_kernel(x_ptr, xs0, xs1, tri_ptr, ts0, ts1, w_ptr, e_ptr, es0, es1, 
         wij, wik, wjk = cij, cik, cjk
     else:
         ci, cj, ck = li // L, lj // L, lk // L
-        ei, ej, ek = _norms(e_ptr, es0, es1, ci, cj, ck, GE, live, DE, BT, BD)
+        ei, ej, ek = _inverse_norms(e_ptr, es0, es1, ci, cj, ck, GE, live, DE, BT, BD)
         wij, wik, wjk, _, _, _ = _halves(e_ptr, es0, es1, ci, cj, ck, ei, ej, ek, GE, live, DE, True, BT, BD)
     rho, one_minus_rho, _ = _radius(r_ptr, rho, one_minus_rho, LEARNED)
     dij, _, _, _ = _depth(cij, sij, rho, one_minus_rho)
@@ -179,9 +181,9 @@ def _forward_kernel(x_ptr, xs0, xs1, tri_ptr, ts0, ts1, w_ptr, e_ptr, es0, es1, 
     djk, _, _, _ = _depth(cjk, sjk, rho, one_minus_rho)
     pij, pik, pjk = _softmax3(dij / tau, dik / tau, djk / tau)
     tl.store(loss_ptr + t, wij * (1 - pij) + wik * (1 - pik) + wjk * (1 - pjk), mask=live)
-    tl.store(save_ptr + t, ni, mask=live)
-    tl.store(save_ptr + T + t, nj, mask=live)
-    tl.store(save_ptr + 2 * T + t, nk, mask=live)
+    tl.store(save_ptr + t, inv_i, mask=live)
+    tl.store(save_ptr + T + t, inv_j, mask=live)
+    tl.store(save_ptr + 2 * T + t, inv_k, mask=live)
     tl.store(save_ptr + 3 * T + t, cij, mask=live)
     tl.store(save_ptr + 4 * T + t, cik, mask=live)
     tl.store(save_ptr + 5 * T + t, cjk, mask=live)
@@ -244,9 +246,9 @@ def _backward_kernel(x_ptr, xs0, xs1, tri_ptr, ts0, ts1, save_ptr, g_ptr, gs, r_
         tl.atomic_add(gr_ptr, tl.sum(tl.where(live, part, 0.0)) * drho, sem="relaxed")
     if GRAD_X:
         if NORMALIZE:
-            ni = tl.load(save_ptr + t, mask=live, other=1.0)
-            nj = tl.load(save_ptr + T + t, mask=live, other=1.0)
-            nk = tl.load(save_ptr + 2 * T + t, mask=live, other=1.0)
+            inv_i = tl.load(save_ptr + t, mask=live, other=1.0)
+            inv_j = tl.load(save_ptr + T + t, mask=live, other=1.0)
+            inv_k = tl.load(save_ptr + 2 * T + t, mask=live, other=1.0)
         kij, bij, fij = _tangent(cij, sij, rij, qij, gij, rho)
         kik, bik, fik = _tangent(cik, sik, rik, qik, gik, rho)
         kjk, bjk, fjk = _tangent(cjk, sjk, rjk, qjk, gjk, rho)
@@ -258,13 +260,13 @@ def _backward_kernel(x_ptr, xs0, xs1, tri_ptr, ts0, ts1, save_ptr, g_ptr, gs, r_
             uj = _rows(x_ptr, xs0, xs1, lj, G, cols, mask, BT, BD)
             uk = _rows(x_ptr, xs0, xs1, lk, G, cols, mask, BT, BD)
             if NORMALIZE:
-                ui, uj, uk = ui / ni[:, None], uj / nj[:, None], uk / nk[:, None]
+                ui, uj, uk = ui * inv_i[:, None], uj * inv_j[:, None], uk * inv_k[:, None]
             gu_ij, gv_ij = _pair_grad(ui, uj, kij, bij, fij)
             gu_ik, gv_ik = _pair_grad(ui, uk, kik, bik, fik)
             gu_jk, gv_jk = _pair_grad(uj, uk, kjk, bjk, fjk)
             gi, gj, gk = gu_ij + gu_ik, gv_ij + gu_jk, gv_ik + gv_jk
             if NORMALIZE:
-                gi, gj, gk = gi / ni[:, None], gj / nj[:, None], gk / nk[:, None]
+                gi, gj, gk = gi * inv_i[:, None], gj * inv_j[:, None], gk * inv_k[:, None]
             for r in range(0, G):
                 tl.atomic_add(gx_ptr + oi + r * D + cols[None, :], gi, mask=mask, sem="relaxed")
                 tl.atomic_add(gx_ptr + oj + r * D + cols[None, :], gj, mask=mask, sem="relaxed")

@@ -69,7 +69,8 @@ class EuclideanHyperbolicDistance(BaseDistance):
         """(unit-normalised Euclidean part, ball part) of ``embeddings``."""
         if embeddings.shape[1] <= self.euclidean_dim:
             raise ValueError(
-                f"embeddings of width {embeddings.shape[1]} have no ball part after euclidean_dim={self.euclidean_dim} columns."
+                f"embeddings of width {embeddings.shape[1]} have no ball part after "
+                f"euclidean_dim={self.euclidean_dim} columns."
             )
         x_e = torch.nn.functional.normalize(embeddings[:, : self.euclidean_dim], dim=1)
         return x_e, embeddings[:, self.euclidean_dim :]

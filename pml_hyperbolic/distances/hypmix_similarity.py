@@ -42,7 +42,9 @@ class HypMixSimilarity(BaseDistance):
             x_e = torch.nn.functional.normalize(x, dim=1)
             return x_e, poincare.expmap0(x_e.to(torch.promote_types(x.dtype, torch.float32)), self.c)
         if x.shape[1] <= self.euclidean_dim:
-            raise ValueError(f"embeddings of width {x.shape[1]} have no ball part after euclidean_dim={self.euclidean_dim}.")
+            raise ValueError(
+                f"embeddings of width {x.shape[1]} have no ball part after euclidean_dim={self.euclidean_dim}."
+            )
         x_h = x[:, self.euclidean_dim :]
         check_in_ball(x_h, self.c, "ball part of the embeddings")
         return torch.nn.functional.normalize(x[:, : self.euclidean_dim], dim=1), x_h

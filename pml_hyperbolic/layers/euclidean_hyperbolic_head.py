@@ -21,10 +21,14 @@ class EuclideanHyperbolicHead(torch.nn.Module):
         layer_norm: apply an affine-free LayerNorm to the features first (as HIER's head does).
     """
 
-    def __init__(self, in_features, euclidean_dim, hyperbolic_dim, c=0.1, clip_r=2.3, riemannian=False, layer_norm=False):
+    def __init__(
+        self, in_features, euclidean_dim, hyperbolic_dim, c=0.1, clip_r=2.3, riemannian=False, layer_norm=False
+    ):
         super().__init__()
         if euclidean_dim < 1 or hyperbolic_dim < 1:
-            raise ValueError(f"euclidean_dim and hyperbolic_dim must be >= 1, got {euclidean_dim} and {hyperbolic_dim}.")
+            raise ValueError(
+                f"euclidean_dim and hyperbolic_dim must be >= 1, got {euclidean_dim} and {hyperbolic_dim}."
+            )
         self.euclidean_dim = euclidean_dim
         self.hyperbolic_dim = hyperbolic_dim
         self.norm = torch.nn.LayerNorm(in_features, elementwise_affine=False) if layer_norm else torch.nn.Identity()

@@ -102,7 +102,8 @@ class CHESTLoss(BaseMetricLossFunction):
             regularizer_weight = REGULARIZER_WEIGHTS.get(regularizer, 0.0)
         weights = {"hyperbolic": hyperbolic_weight, "euclidean": euclidean_weight, "regularizer": regularizer_weight}
         for name, value in weights.items():
-            if isinstance(value, bool) or not isinstance(value, (int, float)) or not (math.isfinite(value) and value >= 0):
+            number = isinstance(value, (int, float)) and not isinstance(value, bool)
+            if not (number and math.isfinite(value) and value >= 0):
                 raise ValueError(f"{name}_weight must be a finite number >= 0, got {value!r}.")
         if not any(weights.values()):
             raise ValueError("At least one of hyperbolic_weight, euclidean_weight and regularizer_weight must be > 0.")

@@ -7,9 +7,8 @@ from pytorch_metric_learning.losses.mixins import WeightRegularizerMixin
 from pytorch_metric_learning.utils import common_functions as c_f
 from pytorch_metric_learning.utils import loss_and_miner_utils as lmu
 
-from .. import poincare
+from .. import backends, poincare
 from ..distances import PoincareDistance
-from .. import backends
 from ..utils.checks import check_curvature, check_embeddings, check_in_ball, check_labels
 
 
@@ -113,7 +112,8 @@ class HyperbolicSoftTripleLoss(WeightRegularizerMixin, BaseMetricLossFunction):
                 ) from error
             self.manifold = geoopt.PoincareBall(c=c)
             with torch.no_grad():
-                self.proxies = geoopt.ManifoldParameter(poincare.tangent_to_ball(tangent, c, clip_r), manifold=self.manifold)
+                ball = poincare.tangent_to_ball(tangent, c, clip_r)
+                self.proxies = geoopt.ManifoldParameter(ball, manifold=self.manifold)
         else:
             self.proxies = torch.nn.Parameter(tangent)
 
@@ -257,7 +257,8 @@ class _RelaxedSimilarity(torch.autograd.Function):
     def backward(ctx, grad):
         m, p, s = ctx.saved_tensors
         if ctx.kind != "torch":
-            return backends.row_kernels(ctx.kind).relaxed_similarity_backward(m, s, p, ctx.sign, ctx.gamma, grad), None, None
+            kernels = backends.row_kernels(ctx.kind)
+            return kernels.relaxed_similarity_backward(m, s, p, ctx.sign, ctx.gamma, grad), None, None
         alpha = (ctx.sign * grad * (1 - s / ctx.gamma)).unsqueeze(1)
         beta = (grad / ctx.gamma).unsqueeze(1)
         return torch.addcmul(alpha, m, beta).mul_(p), None, None

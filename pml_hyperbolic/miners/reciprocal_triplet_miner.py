@@ -30,10 +30,11 @@ class ReciprocalTripletMiner(BaseMiner):
     :meth:`mine_fixed` gives every point its slots with a validity mask (fixed shapes, no host sync on CUDA).
 
     Differences from the official code (``hier/losses.py::get_reciprocal_triplets``): fully vectorised (no Python loop
-    over anchors; the pml-style output costs one host sync per call, :meth:`mine_fixed` none), no crash or wrong indices for small batches (the official code needs
-    N ≥ topk and mis-samples an anchor with a single negative), and ``exclude_self_negative=True`` by default: the
-    official code lets the anchor be its own negative (its diagonal is filled with −1 < 1), which makes HIER's hinge
-    terms contradictory (they sum to at least 2·margin whatever the embedding). Set it to False for the official rule.
+    over anchors; the pml-style output costs one host sync per call, :meth:`mine_fixed` none), no crash or wrong
+    indices for small batches (the official code needs N ≥ topk and mis-samples an anchor with a single negative),
+    and ``exclude_self_negative=True`` by default: the official code lets the anchor be its own negative (its
+    diagonal is filled with −1 < 1), which makes HIER's hinge terms contradictory (they sum to at least 2·margin
+    whatever the embedding). Set it to False for the official rule.
 
     Args:
         topk: neighbourhood size k, the point itself included (HIER's scripts use 20). Must be ≥ 3.

@@ -7,15 +7,15 @@ import torch
 from .. import backends
 from .autograd import (
     _BOUNDARY_EPS,
+    _as_c,
+    _full_precision,
     _NativeCdist,
     _NativePdist,
     _PoincareCdist,
     _RiemannianGradient,
-    _TangentToBall,
-    _as_c,
-    _full_precision,
     _sq_norms,
     _tangent_norm_scale,
+    _TangentToBall,
     _work_dtype,
 )
 
@@ -216,7 +216,9 @@ def cdist(x, y, c):
     tensor (N, M) of ``promote(x.dtype, y.dtype, float32)`` (half inputs and autocast are computed in float32)
     """
     if x.ndim != 2 or y.ndim != 2 or x.shape[1] != y.shape[1]:
-        raise ValueError(f"cdist expects x (N×D) and y (M×D) with the same D, got {tuple(x.shape)} and {tuple(y.shape)}")
+        raise ValueError(
+            f"cdist expects x (N×D) and y (M×D) with the same D, got {tuple(x.shape)} and {tuple(y.shape)}."
+        )
     out_dtype = torch.promote_types(torch.promote_types(x.dtype, y.dtype), torch.float32)
     if x.shape[0] == 0 or y.shape[0] == 0:
         return (x.sum(1, keepdim=True) + y.sum(1).unsqueeze(0)).to(out_dtype)  # empty N×M, attached to the graph

@@ -18,7 +18,8 @@ class RetrievalAccuracyCalculator(AccuracyCalculator):
     Recall@K is the fraction of queries with at least one same-class item among their K nearest references (the
     metric the DML papers report; Recall@1 equals pml's ``precision_at_1``). With ``class_tree``, it adds
     ``mistake_severity`` (how far up the tree the wrong top-1 neighbours' classes meet the query's class, see
-    :func:`~pml_hyperbolic.utils.hierarchy.mistake_severity`) and ``hierarchical_distance_at_<K>`` for the largest K (plain means over the queries, whatever ``avg_of_avgs``).
+    :func:`~pml_hyperbolic.utils.hierarchy.mistake_severity`) and ``hierarchical_distance_at_<K>`` for the largest K
+    (plain means over the queries, whatever ``avg_of_avgs``).
 
     Neighbours are computed once for the largest of: the largest K, and pml's ``max_bin_count`` (so that MAP@R and
     R-precision stay exact), capped by the number of references.

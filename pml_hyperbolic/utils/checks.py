@@ -24,7 +24,8 @@ def set_checks(enabled):
 
 
 def raise_pending(wait=True):
-    """Raise the ``ValueError`` of an input found bad on the GPU by an earlier call (waiting for the GPU if ``wait``)."""
+    """Raise the ``ValueError`` of an input found bad on the GPU by an earlier call (waiting for the GPU if
+    ``wait``)."""
     while _pending and (wait or _pending[0][0].query()):
         event, values, message = _pending.popleft()
         event.synchronize()
@@ -60,7 +61,7 @@ def check_curvature(c):
         c = torch.tensor(float(c))
     if c.numel() != 1:
         raise ValueError(f"The curvature parameter c must be a single number, got shape {tuple(c.shape)}.")
-    text = f"The curvature parameter c must be a finite number > 0 (the ball has curvature -c), got {{}}."
+    text = "The curvature parameter c must be a finite number > 0 (the ball has curvature -c), got {}."
     _verify(c.detach().reshape(1).double(), lambda v: None if 0 < v[0] < float("inf") else text.format(v[0]))
 
 

@@ -1,7 +1,8 @@
 r"""Hyperbolic nearest neighbours with faiss: a ``knn_func`` for pml's ``AccuracyCalculator`` and ``InferenceModel``.
 
-For a fixed query x, the Poincaré distance :math:`d_c(x, y) = \frac{2}{\sqrt c}\operatorname{asinh}\sqrt{c\,a_x\,g_x(y)}`
-(:math:`a_x = 1/(1-c\|x\|^2)`) is increasing in the *key*
+For a fixed query x, the Poincaré distance
+:math:`d_c(x, y) = \frac{2}{\sqrt c}\operatorname{asinh}\sqrt{c\,a_x\,g_x(y)}` (:math:`a_x = 1/(1-c\|x\|^2)`) is
+increasing in the *key*
 
 .. math:: g_x(y) = \|x-y\|^2 b_y = -\langle q_x, r_y\rangle + \|x\|^2 b_0 + w_0,\qquad b_y = \frac{1}{1-c\|y\|^2},
 
@@ -27,6 +28,7 @@ from tqdm.auto import tqdm
 
 from .. import poincare
 from .checks import check_curvature, check_embeddings, check_in_ball
+
 
 def _faiss():
     """faiss with its torch bindings, or an ImportError naming the extra to install."""
@@ -86,8 +88,8 @@ class PoincareKNN:
       the candidate list, e.g. many duplicates) are searched again with twice as many candidates, up to all of them.
 
     The returned distances are float32 Poincaré distances, nearest first (relative error < 5e-5 worst case, 0 for
-    identical points); with ``ref_includes_query`` the self-match is removed as in pml. Queries are processed in chunks, so
-    the extra memory is bounded (the outputs aside).
+    identical points); with ``ref_includes_query`` the self-match is removed as in pml. Queries are processed in
+    chunks, so the extra memory is bounded (the outputs aside).
 
     In high dimension far neighbours crowd together (D = 128: the distances around the 1000th neighbour differ by
     ~1e-5 relative), so for large k much of their order is within float32 rounding and needs float64 work.
@@ -126,7 +128,14 @@ class PoincareKNN:
     """
 
     def __init__(
-        self, c=0.1, reset_before=True, reset_after=True, index_init_fn=None, gpus=None, extra_candidates=16, tie_rtol=0.0
+        self,
+        c=0.1,
+        reset_before=True,
+        reset_after=True,
+        index_init_fn=None,
+        gpus=None,
+        extra_candidates=16,
+        tie_rtol=0.0,
     ):
         check_curvature(c)
         if gpus is not None and (not isinstance(gpus, (list, tuple)) or len(gpus) == 0):
@@ -288,7 +297,8 @@ class PoincareKNN:
         return a.mul_(self._inv_beta[refs])
 
     def _searcher(self, is_cuda):
-        """``search(x, k) -> (scores, ids)`` on x's device; the index is copied to faiss GPUs once (pml's try_gpu rules)."""
+        """``search(x, k) -> (scores, ids)`` on x's device; the index is copied to faiss GPUs once (pml's try_gpu
+        rules)."""
         gpu_index = None
         if (is_cuda or self.gpus is not None) and _faiss().get_num_gpus() > 0:
             try:
@@ -332,7 +342,7 @@ class PoincareKNN:
             if index.metric_type != _faiss().METRIC_L2 or index.d != dim:
                 raise ValueError(
                     f"index_init_fn(dim) must return a faiss index of width dim = {dim} (the tangent vectors) with "
-                    "the L2 metric, e.g. _faiss().IndexHNSWFlat(dim, 32) or _faiss().index_factory(dim, 'IVF1024,Flat')."
+                    "the L2 metric, e.g. faiss.IndexHNSWFlat(dim, 32) or faiss.index_factory(dim, 'IVF1024,Flat')."
                 )
         self.reset()
         v = embeddings.detach().to(torch.float64).pow(2).sum(1)
@@ -358,8 +368,8 @@ class PoincareKNN:
         self._set_reference(embeddings)
 
     def _set_reference(self, embeddings):
-        """Keep the references (in float64: 8 bytes per coordinate) and, per reference, ||y||^2, b = 1/(1-c||y||^2) and the error terms
-        [|b - b0|, 2 ||y|| b, |b ||y||^2 - w0|]."""
+        """Keep the references (in float64: 8 bytes per coordinate) and, per reference, ||y||^2, b = 1/(1-c||y||^2)
+        and the error terms [|b - b0|, 2 ||y|| b, |b ||y||^2 - w0|]."""
         self.reference = embeddings.to(torch.float64)
         v = self._sq_norms = self.reference.pow(2).sum(1)
         b0, w0 = self._offsets

@@ -6,10 +6,10 @@ import fnmatch
 import os
 import re
 import shutil
-import tomllib
 from pathlib import Path
 
 import pytest
+import tomllib
 import torch
 
 from pml_hyperbolic import backends, poincare

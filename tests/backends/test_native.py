@@ -7,9 +7,9 @@ import pytest
 import torch
 
 from pml_hyperbolic import backends, poincare
+from pml_hyperbolic.backends import native
 from pml_hyperbolic.losses import HIERLoss
 from pml_hyperbolic.miners import ReciprocalTripletMiner
-from pml_hyperbolic.backends import native
 from pml_hyperbolic.utils.random import counter_uniform
 
 needs_compiler = pytest.mark.skipif(
@@ -102,7 +102,7 @@ def test_full_loss_same_with_and_without_kernel_and_any_thread_count(monkeypatch
         torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-6)
 
 
-# ------------------------------------------------------------------------------------ distance matrix and mining kernels
+# ------------------------------------------------------------------------------- distance matrix and mining kernels
 def adversarial_points(seed, dim=24):
     """Ball points (c = 0.1) in float32: interior, near the boundary, duplicates, close pairs and the origin."""
     g = torch.Generator().manual_seed(seed)

@@ -119,7 +119,8 @@ def test_batch_hard_miner_by_hand(batch):
 def test_uniform_histogram_miner_bins_reference_distances(batch):
     emb, labels = batch
     torch.manual_seed(0)
-    a1, p, a2, n = miners.UniformHistogramMiner(num_bins=10, pos_per_bin=3, neg_per_bin=3, distance=PoincareDistance(c=C))(emb, labels)
+    miner = miners.UniformHistogramMiner(num_bins=10, pos_per_bin=3, neg_per_bin=3, distance=PoincareDistance(c=C))
+    a1, p, a2, n = miner(emb, labels)
     D = ref_dist64(emb, emb)
     assert (labels[a1] == labels[p]).all() and (labels[a2] != labels[n]).all() and (a1 != p).all()
     # every bin of the negative-pair distance histogram is sampled at most neg_per_bin times

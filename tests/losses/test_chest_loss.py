@@ -226,7 +226,8 @@ def test_each_pml_reducer_reduces_each_weighted_part(name, regularizer):
 
 
 def test_multiple_reducers_and_do_nothing_reducer():
-    reducer = reducers.MultipleReducers({"hier_data_loss": reducers.SumReducer()}, default_reducer=reducers.MeanReducer())
+    reducer = reducers.MultipleReducers({"hier_data_loss": reducers.SumReducer()},
+                                        default_reducer=reducers.MeanReducer())
     chest = make_chest("b", reducer=reducer, regularizer_kwargs=dict(HIER_KW, lca="argmax", generator=5)).double()
     parts = standalone_parts(chest, regularizer_kwargs=dict(lca="argmax", generator=5))
     x, y = embeddings(24, "b", seed=4), labels_for(24)
@@ -308,7 +309,7 @@ def test_get_logits_combines_the_softtriple_parts():
 def test_evaluation_distance_reads_both_spaces():
     chest = make_chest("b")
     assert isinstance(chest.distance, EuclideanHyperbolicDistance) and chest.distance.space == "both"
-    x, y = embeddings(20, "b", seed=10, dtype=torch.float32), labels_for(20)
+    x = embeddings(20, "b", seed=10, dtype=torch.float32)
     distances, indices = CustomKNN(chest.distance)(x, 3, x, False)
     assert torch.equal(indices[:, 0], torch.arange(20)) and (distances[:, 1:] >= distances[:, :1]).all()
 

@@ -20,7 +20,8 @@ def setup(name):
                                             ToPoincare(c=0.1, clip_r=2.3))  # fmt: skip
     if name == "chest":
         head = torch.nn.Sequential(torch.nn.Linear(20, 64), torch.nn.ReLU(), EuclideanHyperbolicHead(64, 8, 8))
-        return head, CHESTLoss(CLASSES, DIM, euclidean_dim=8, centers_per_class=4, regularizer="hier", regularizer_kwargs=HIER)
+        return head, CHESTLoss(CLASSES, DIM, euclidean_dim=8, centers_per_class=4, regularizer="hier",
+                               regularizer_kwargs=HIER)
     loss = {
         "hyperbolic_softtriple": lambda: HyperbolicSoftTripleLoss(CLASSES, DIM, centers_per_class=4),
         "proxy_anchor+hier": lambda: MultipleLosses(

@@ -23,7 +23,8 @@ def build(case):
     torch.manual_seed(0)
     if case == "chest":
         model = torch.nn.Sequential(torch.nn.Linear(6, 12), EuclideanHyperbolicHead(12, DIM // 2, DIM // 2))
-        loss = CHESTLoss(CLASSES, DIM, euclidean_dim=DIM // 2, centers_per_class=3, regularizer="hier", regularizer_kwargs=HIER)
+        loss = CHESTLoss(CLASSES, DIM, euclidean_dim=DIM // 2, centers_per_class=3, regularizer="hier",
+                         regularizer_kwargs=HIER)
     else:
         model = torch.nn.Sequential(torch.nn.Linear(6, DIM), ToPoincare(clip_r=1.0))
         if case == "hier":

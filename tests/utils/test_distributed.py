@@ -7,8 +7,8 @@ import sys
 import pytest
 import torch
 
-from pml_hyperbolic.utils.distributed import DistributedLossWrapper
 from pml_hyperbolic.losses import HyperbolicSoftTripleLoss
+from pml_hyperbolic.utils.distributed import DistributedLossWrapper
 
 WORKER = os.path.join(os.path.dirname(__file__), "ddp_worker.py")
 
