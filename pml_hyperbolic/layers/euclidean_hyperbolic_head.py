@@ -36,6 +36,14 @@ class EuclideanHyperbolicHead(torch.nn.Module):
         self.hyperbolic = torch.nn.Linear(in_features, hyperbolic_dim)
         self.to_poincare = ToPoincare(c=c, clip_r=clip_r, riemannian=riemannian)
 
+    def knn_func(self, space="both"):
+        """The ``knn_func`` for pml's ``AccuracyCalculator`` that ranks this head's embeddings in ``space``:
+        ``"euclidean"`` (cosine), ``"hyperbolic"`` (Poincaré) or ``"both"`` (the product-space distance), see
+        :meth:`pml_hyperbolic.distances.EuclideanHyperbolicDistance.knn_func`."""
+        from ..distances import EuclideanHyperbolicDistance
+
+        return EuclideanHyperbolicDistance(self.euclidean_dim, c=self.to_poincare.c, space=space).knn_func()
+
     def forward(self, features):
         features = self.norm(features)
         z_e = torch.nn.functional.normalize(self.euclidean(features), dim=1)

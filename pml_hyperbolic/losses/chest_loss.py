@@ -166,6 +166,15 @@ class CHESTLoss(BaseMetricLossFunction):
             return PoincareDistance(c=self.c)
         return EuclideanHyperbolicDistance(self.euclidean_dim, c=self.c, space="both")
 
+    def knn_func(self, space="both"):
+        """The ``knn_func`` for pml's ``AccuracyCalculator`` that ranks this loss's embeddings: layout (a) by the
+        Poincaré distance; layout (b) in ``space`` (``"euclidean"``, ``"hyperbolic"`` or ``"both"``)."""
+        if self.euclidean_dim is None:
+            from ..utils.inference import PoincareKNN
+
+            return PoincareKNN(c=self.c)
+        return EuclideanHyperbolicDistance(self.euclidean_dim, c=self.c, space=space).knn_func()
+
     def split(self, embeddings):
         """(Euclidean part, ball part) of ``embeddings``: the same tensor twice in layout (a)."""
         if self.euclidean_dim is None:

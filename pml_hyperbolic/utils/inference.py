@@ -157,6 +157,7 @@ class PoincareKNN:
         """(distances, indices) of the k nearest references of each query row, nearest first (pml's knn_func)."""
         check_embeddings(query, "query")
         check_in_ball(query, self.c, "query")
+        _check_layout(query, self.c)
         if ref_includes_query:
             k = k + 1
         if self.reset_before or self.index is None:
@@ -415,6 +416,34 @@ class TangentKMeans:
         check_embeddings(x, "embeddings")
         check_in_ball(x, self.c, "embeddings")
         return self.kmeans(poincare.logmap0(x, self.c), n_clusters)
+
+
+def _check_layout(x, c):
+    """Catch the two ways a tester silently evaluates the wrong geometry: embeddings whose first columns have unit
+    norm in every row (``[sphere | ball]``, e.g. ``EuclideanHyperbolicHead``: rank the parts with its ``knn_func()``)
+    raise; embeddings whose rows all have unit norm (pml's testers L2-normalise by default) warn."""
+    if len(x) < 2 or x.shape[1] < 3:
+        return
+    with torch.no_grad():
+        prefix = x.detach().double().square().cumsum(1)
+        unit = ((prefix - 1).abs() < 1e-4).all(0)
+        whole = bool(unit[-1])
+        split = unit[1:-1].nonzero()  # a unit-norm block of >= 2 columns, then more columns
+    if whole and c < 1:
+        warnings.warn(
+            "Every embedding has unit norm: pml's testers L2-normalise embeddings by default, which moves ball points. "
+            "Pass normalize_embeddings=False to GlobalEmbeddingSpaceTester for Poincaré embeddings.",
+            UserWarning,
+            stacklevel=3,
+        )
+    elif len(split):
+        k = int(split[0]) + 2
+        raise ValueError(
+            f"The first {k} columns of every embedding have unit norm: these look like [sphere | ball] embeddings "
+            "(EuclideanHyperbolicHead, CHESTLoss layout (b)), which PoincareKNN would rank as whole ball points. "
+            f"Use the head's knn_func() (or CHESTLoss.knn_func()), or SliceKNN(PoincareKNN(c), start={k}) for the "
+            "ball part."
+        )
 
 
 class SliceKNN:

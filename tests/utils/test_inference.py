@@ -378,3 +378,32 @@ def test_tangent_kmeans_recovers_clusters():
     assert normalized_mutual_info_score(labels.numpy(), clusters.numpy()) == pytest.approx(1.0)
     euclidean = FaissKMeans(niter=20, seed=0)(x, 4)
     assert normalized_mutual_info_score(labels.numpy(), euclidean.numpy()) < 0.9
+
+
+def test_two_space_embeddings_are_refused_and_the_head_hands_out_the_right_knn():
+    """[sphere | ball] embeddings fed whole to PoincareKNN raise (the silent wrong metric of a tester); the head's
+    knn_func ranks the ball part exactly as PoincareKNN on that part, and CHESTLoss hands out the same."""
+    from pml_hyperbolic.layers import EuclideanHyperbolicHead
+    from pml_hyperbolic.losses import CHESTLoss
+
+    torch.manual_seed(0)
+    head = EuclideanHyperbolicHead(12, 6, 10, c=0.1)
+    with torch.no_grad():
+        emb = head(torch.randn(40, 12))
+    with pytest.raises(ValueError, match=r"first 6 columns .* knn_func\(\)"):
+        PoincareKNN(c=0.1)(emb, 5, emb, True)
+    d_ball, i_ball = PoincareKNN(c=0.1)(emb[:, 6:], 5, emb[:, 6:], True)
+    for knn in (head.knn_func("hyperbolic"), CHESTLoss(4, 16, euclidean_dim=6).knn_func("hyperbolic")):
+        d, i = knn(emb, 5, emb, True)
+        assert torch.equal(i, i_ball) and torch.allclose(d, d_ball)
+    cosine = head.knn_func("euclidean")(emb, 5, emb, True)[1]
+    sim = emb[:, :6] @ emb[:, :6].t()
+    sim.fill_diagonal_(-2)
+    assert torch.equal(cosine[:, 0], sim.argmax(1))
+
+
+def test_l2_normalised_ball_embeddings_warn():
+    """pml's testers L2-normalise by default: unit-norm 'ball points' get a warning naming normalize_embeddings."""
+    x = torch.nn.functional.normalize(torch.randn(30, 8), dim=1)
+    with pytest.warns(UserWarning, match="normalize_embeddings=False"):
+        PoincareKNN(c=0.1)(x, 3, x, True)
