@@ -1,6 +1,7 @@
 """Trains a small model with one of this package's losses for a few SGD steps, either under torchrun (DDP, each rank
 on its share of the global batch, the loss wrapped in DistributedLossWrapper) or in one process on the global batch,
-and saves the losses, gradients and parameters of every step: ``python ddp_worker.py CASE OUT_FILE``."""
+and saves the losses, gradients and parameters of every step: ``python ddp_worker.py CASE[,CASE...] OUT_PREFIX``
+(one file per case, ``OUT_PREFIX.CASE`` plus ``.rankN`` under torchrun: one launch for every case)."""
 
 import sys
 
@@ -61,13 +62,21 @@ def data():
     return torch.randn(n, 6, generator=g), torch.arange(n) % CLASSES
 
 
-def main(case, out_file):
+def main(cases, prefix):
     distributed = "RANK" in __import__("os").environ
     torch.set_num_threads(1)
+    if distributed:
+        dist.init_process_group("gloo")
+    for case in cases.split(","):
+        run_case(case, f"{prefix}.{case}", distributed)
+    if distributed:
+        dist.destroy_process_group()
+
+
+def run_case(case, out_file, distributed):
     x, y = data()
     model, loss, miner = build(case)
     if distributed:
-        dist.init_process_group("gloo")
         rank = dist.get_rank()
         if rank == 1:  # a different init on rank 1: the wrapper must broadcast rank 0's proxies
             with torch.no_grad():
@@ -93,7 +102,6 @@ def main(case, out_file):
     result = dict(steps=record, params=[p.detach().clone() for p in params])
     if distributed:
         out_file = f"{out_file}.rank{dist.get_rank()}"
-        dist.destroy_process_group()
     torch.save(result, out_file)
 
 

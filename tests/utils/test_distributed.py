@@ -25,13 +25,24 @@ def assert_close_to_scale(x, ref, rtol=1e-4):
     assert (x - ref).abs().max() <= rtol * ref.abs().max() + 1e-7
 
 
-@pytest.mark.parametrize("case", ["softtriple", "softtriple+global_miner", "hier", "hier+local_miner", "chest"])
-def test_two_processes_match_one_process_on_the_global_batch(tmp_path, case):
-    single, multi = str(tmp_path / "single.pt"), str(tmp_path / "ddp.pt")
-    run([WORKER, case, single])
-    run(["-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", WORKER, case, multi])
-    ref = torch.load(single)
-    ranks = [torch.load(f"{multi}.rank{r}") for r in range(2)]
+CASES = ["softtriple", "softtriple+global_miner", "hier", "hier+local_miner", "chest"]
+
+
+@pytest.fixture(scope="module")
+def outputs(tmp_path_factory):
+    """Every case in one single-process launch and one 2-process torchrun launch (interpreters start once)."""
+    folder = tmp_path_factory.mktemp("ddp")
+    single, multi = str(folder / "single"), str(folder / "ddp")
+    run([WORKER, ",".join(CASES), single])
+    run(["-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", WORKER, ",".join(CASES), multi])
+    return single, multi
+
+
+@pytest.mark.parametrize("case", CASES)
+def test_two_processes_match_one_process_on_the_global_batch(outputs, case):
+    single, multi = outputs
+    ref = torch.load(f"{single}.{case}")
+    ranks = [torch.load(f"{multi}.{case}.rank{r}") for r in range(2)]
     for rank in ranks:
         for step, ref_step in zip(rank["steps"], ref["steps"]):
             assert step["loss"] == pytest.approx(ref_step["loss"], rel=1e-5)
