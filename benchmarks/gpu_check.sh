@@ -31,4 +31,6 @@ step softtriple 45 python benchmarks/bench_softtriple.py --device cuda
 step chest 60 python benchmarks/bench_chest.py --device cuda
 step hier 60 python benchmarks/bench_hier.py --device cuda
 step lca 45 python benchmarks/bench_triton_lca.py --device cuda
+step hyphc 45 python benchmarks/bench_hyphc.py --device cuda
+step readme 90 python -m pytest -q -p no:cacheprovider tests/test_readme.py
 printf '%s\n' "${summary[@]}"

@@ -18,8 +18,8 @@ directions :math:`e_c = \operatorname{normalize}(\sum_{g<G_E} E_{cG_E+g})` of a 
 l being :math:`\lfloor l / L\rfloor` (HypHC's "euclidean" similarity, gathered in the kernel: no C×C matrix).
 
 **Forward** (one launch, BT triplets per program): a pass over D for the leaves' norms, a pass for the six sums
-c, s (the same for E), then the per-triplet scalars. It saves 12 floats per triplet (n_i, n_j, n_k, the three c,
-the three s, the three w): memory O(T); the leaves are read again in the backward.
+c, s (the same for E), then the per-triplet scalars. It saves 12 floats per triplet (1/n_i, 1/n_j, 1/n_k, the three
+c, the three s, the three w): memory O(T); the leaves are read again in the backward.
 
 **Backward** (one launch after a zero fill): with :math:`\bar\ell` the incoming gradient,
 :math:`\partial L/\partial w_p = \bar\ell(1 - \pi_p)`,
@@ -29,7 +29,8 @@ the torch Function's tangent form: :math:`\kappa = \partial L/\partial\delta\,\r
 :math:`g_u = \kappa(v - u) + 2\kappa s\,u` when c >= s (θ <= 90°), else :math:`\kappa(u + v) - 2\kappa c\,u`;
 :math:`g_v = \kappa(\beta + 2[c < s])(u + v) - g_u` (β the coefficient of u): no cancellation for identical or
 antipodal leaves. With ``normalize`` each is divided by its leaf's norm (the exact derivative of x/‖x‖ for a
-tangent gradient); every one of the leaf's G rows receives it.
+tangent gradient); every one of the leaf's G rows receives it. (The floors 1e-12 and 1e-15 are the torch
+Function's.)
 
 Gradients of triplets that share leaves are added with relaxed float atomics (one per element and row; the radius's
 once per program), so the result is deterministic only up to float32 rounding of the summation order, as torch's
@@ -41,11 +42,10 @@ import torch
 import triton
 import triton.language as tl
 
-from . import launch, triton_interpreted as backends_interpreted
+from . import launch, triton_interpreted
 
-GIVEN, OWN, DIRECTIONS = 0, 1, 2  # where the similarities w come from
-_BT, _BD = 32, 64  # triplets per program, columns per step
-_MIN_NORM, _MIN_COS = 1e-12, 1e-15  # as the torch Function
+GIVEN, OWN, DIRECTIONS = 0, 1, 2  # where the similarities w come from (W_MODE)
+_BT, _BD = 16, 32  # triplets per program, columns per step (4 warps: no register spills on sm_90)
 
 
 @triton.jit
@@ -73,14 +73,14 @@ def _inverse_norms(x_ptr, s0, s1, li, lj, lk, G, live, D, BT: tl.constexpr, BD: 
         ni += tl.sum(xi * xi, axis=1)
         nj += tl.sum(xj * xj, axis=1)
         nk += tl.sum(xk * xk, axis=1)
-    ni, nj, nk = tl.maximum(tl.sqrt_rn(ni), 1e-12), tl.maximum(tl.sqrt_rn(nj), 1e-12), tl.maximum(tl.sqrt_rn(nk), 1e-12)
-    return 1 / ni, 1 / nj, 1 / nk
+    return (1 / tl.maximum(tl.sqrt_rn(ni), 1e-12), 1 / tl.maximum(tl.sqrt_rn(nj), 1e-12),
+            1 / tl.maximum(tl.sqrt_rn(nk), 1e-12))
 
 
 @triton.jit
 def _halves(x_ptr, s0, s1, li, lj, lk, inv_i, inv_j, inv_k, G, live, D,
             NORMALIZE: tl.constexpr, BT: tl.constexpr, BD: tl.constexpr):
-    """c = ‖u + v‖²/4 and s = ‖v − u‖²/4 of the pairs (i, j), (i, k), (j, k) of leaves u = x_l (· 1/n_l)."""
+    """c = ‖u + v‖²/4 and s = ‖v − u‖²/4 of the pairs (i, j), (i, k), (j, k) of the leaves u = x_l (/ n_l)."""
     cij = tl.zeros([BT], tl.float32)
     cik = tl.zeros([BT], tl.float32)
     cjk = tl.zeros([BT], tl.float32)
@@ -165,13 +165,13 @@ def _forward_kernel(x_ptr, xs0, xs1, tri_ptr, ts0, ts1, w_ptr, e_ptr, es0, es1, 
         inv_j, inv_k = inv_i, inv_i
     cij, cik, cjk, sij, sik, sjk = _halves(x_ptr, xs0, xs1, li, lj, lk, inv_i, inv_j, inv_k, G, live, D, NORMALIZE,
                                            BT, BD)
-    if W_MODE == 0:
+    if W_MODE == 0:  # GIVEN
         wij = tl.load(w_ptr + t, mask=live, other=0.0).to(tl.float32)
         wik = tl.load(w_ptr + T + t, mask=live, other=0.0).to(tl.float32)
         wjk = tl.load(w_ptr + 2 * T + t, mask=live, other=0.0).to(tl.float32)
-    elif W_MODE == 1:
+    elif W_MODE == 1:  # OWN
         wij, wik, wjk = cij, cik, cjk
-    else:
+    else:  # DIRECTIONS
         ci, cj, ck = li // L, lj // L, lk // L
         ei, ej, ek = _inverse_norms(e_ptr, es0, es1, ci, cj, ck, GE, live, DE, BT, BD)
         wij, wik, wjk, _, _, _ = _halves(e_ptr, es0, es1, ci, cj, ck, ei, ej, ek, GE, live, DE, True, BT, BD)
@@ -197,7 +197,7 @@ def _forward_kernel(x_ptr, xs0, xs1, tri_ptr, ts0, ts1, w_ptr, e_ptr, es0, es1, 
 
 @triton.jit
 def _pair_grad(u, v, kappa, beta, far):
-    """(∂L/∂u, ∂L/∂v) of one pair: κ(v − u) + κβu (near) or κ(u + v) + κβu (far), and κ(β + 2·far)(u + v) − g_u."""
+    """(∂L/∂u, ∂L/∂v) of a pair: κ(v − u) + κβu (near) or κ(u + v) + κβu (far), and κ(β + 2·far)(u + v) − g_u."""
     total = u + v
     gu = tl.where(far[:, None], total, v - u) * kappa[:, None] + (kappa * beta)[:, None] * u
     return gu, (kappa * (beta + 2 * far.to(tl.float32)))[:, None] * total - gu
@@ -267,10 +267,10 @@ def _backward_kernel(x_ptr, xs0, xs1, tri_ptr, ts0, ts1, save_ptr, g_ptr, gs, r_
             gi, gj, gk = gu_ij + gu_ik, gv_ij + gu_jk, gv_ik + gv_jk
             if NORMALIZE:
                 gi, gj, gk = gi * inv_i[:, None], gj * inv_j[:, None], gk * inv_k[:, None]
-            for r in range(0, G):
-                tl.atomic_add(gx_ptr + oi + r * D + cols[None, :], gi, mask=mask, sem="relaxed")
-                tl.atomic_add(gx_ptr + oj + r * D + cols[None, :], gj, mask=mask, sem="relaxed")
-                tl.atomic_add(gx_ptr + ok + r * D + cols[None, :], gk, mask=mask, sem="relaxed")
+            for row in range(0, G):  # every row of the leaf
+                tl.atomic_add(gx_ptr + oi + row * D + cols[None, :], gi, mask=mask, sem="relaxed")
+                tl.atomic_add(gx_ptr + oj + row * D + cols[None, :], gj, mask=mask, sem="relaxed")
+                tl.atomic_add(gx_ptr + ok + row * D + cols[None, :], gk, mask=mask, sem="relaxed")
 
 
 def _rho(radius):
@@ -282,7 +282,7 @@ def _rho(radius):
 
 
 def _check(x, triplets):
-    if x.device.type != "cuda" and not backends_interpreted():
+    if x.device.type != "cuda" and not triton_interpreted():
         raise ValueError(
             f"The Triton Dasgupta kernels need CUDA tensors, got {x.device}: set TRITON_INTERPRET=1 before importing "
             "pml_hyperbolic to run them in Triton's interpreter, or use the torch path."
@@ -319,8 +319,8 @@ def relaxed_dasgupta_forward(x, triplets, radius, temperature, normalize, group=
 
 def relaxed_dasgupta_backward(x, triplets, saved, radius, temperature, normalize, group, grad, needs_x=True,
                               needs_w=False, needs_r=False):
-    """(∂L/∂x (R×D, contiguous) or None, ∂L/∂w (3T,) or None, ∂L/∂r (0-d) or None) for ``grad`` = ∂L/∂losses (T,,
-    any stride) and :func:`relaxed_dasgupta_forward`'s inputs and ``saved``."""
+    """(∂L/∂x (R×D, contiguous) or None, ∂L/∂w (3T,) or None, ∂L/∂r (0-d) or None) for ``grad`` = ∂L/∂losses
+    ((T,), any stride) and :func:`relaxed_dasgupta_forward`'s inputs and ``saved``."""
     t = triplets.shape[1]
     grad_x = torch.zeros(x.shape, dtype=torch.float32, device=x.device) if needs_x else None
     grad_w = torch.empty(3 * t, dtype=torch.float32, device=x.device) if needs_w else None

@@ -4,6 +4,8 @@ import torch
 import torch.nn.functional as F
 from pytorch_metric_learning.regularizers import BaseRegularizer
 
+from .. import backends
+
 # HypHC's clamp of the leaves' radius in the unit ball (model/hyphc.py: min scale 1e-2, max_scale 1 - 1e-3).
 MIN_RADIUS, MAX_RADIUS = 1e-2, 1 - 1e-3
 # Floor of cos(θ/2) in the backward's 1/cos(θ/2) (antipodal leaves); the tangent vector it multiplies is O(cos(θ/2)).
@@ -68,6 +70,11 @@ class HypHCProxyRegularizer(BaseRegularizer):
 
     The random numbers come from ``generator`` (one ``torch.rand`` call per forward); to inject triplets, override
     :meth:`sample_triplets` (on the class or an instance).
+
+    Where it runs: on CUDA (float32 proxies, ``dtype=torch.float32``) the loss and its gradients are two Triton
+    launches (:mod:`pml_hyperbolic.backends.triton_dasgupta`) that form the leaves, and the detached
+    ``"hyperbolic"`` / ``"euclidean"`` similarities, from the proxies themselves; elsewhere torch ops (the reference
+    the kernels are tested against; ``pml_hyperbolic.backends.set_backend("torch")`` selects them everywhere).
 
     Args:
         num_classes: C.
@@ -204,29 +211,29 @@ class HypHCProxyRegularizer(BaseRegularizer):
         device = proxies.device
         with torch.autocast(device_type=device.type, enabled=False):
             triplets = self.sample_triplets(self.num_leaves, labels if self.sampling == "batch" else None, device)
-            i, j, k = triplets
-            a, b = torch.cat([i, i, j]), torch.cat([j, k, k])  # the pairs (i, j), (i, k), (j, k)
             x = _work(proxies)
-            if self.leaves == "classes":
-                leaves, ca, cb = self.class_directions(x, self.centers_per_class), a, b
+            if self.dtype == torch.float32 and backends.select(x, kernels=("triton",)) == "triton":
+                losses, w = self._fused_losses(x, triplets, euclidean_proxies)
             else:
-                leaves = x
-                ca = a.div(self.centers_per_class, rounding_mode="floor")
-                cb = b.div(self.centers_per_class, rounding_mode="floor")
-            w = self._pair_similarity(x, leaves, ca, cb, euclidean_proxies)
-            normalize = self.leaves == "proxies"
-            losses = _RelaxedDasgupta.apply(leaves, a, b, w, self._radius(), self.temperature, normalize, self.dtype)
+                leaves, a, b, ca, cb = self._pairs(x, triplets)
+                w = self._pair_similarity(x, leaves, ca, cb, euclidean_proxies)
+                losses = _RelaxedDasgupta.apply(leaves, a, b, w, self._radius(), self.temperature,
+                                                self.leaves == "proxies", self.dtype)
         if self.collect_stats:
             with torch.no_grad():
-                if w is None:
-                    w = _sq(leaves.index_select(0, a).to(self.dtype) + leaves.index_select(0, b).to(self.dtype)) / 4
+                if w is None:  # the leaves' own (1 + cos)/2, or computed by the Triton kernel
+                    leaves, a, b, ca, cb = self._pairs(x, triplets)
+                    w = self._pair_similarity(x, leaves, ca, cb, euclidean_proxies)
+                    if w is None:
+                        w = _sq(leaves.index_select(0, a).to(self.dtype) + leaves.index_select(0, b).to(self.dtype)) / 4
                 w = w.view(3, -1)
                 self.excess = float((losses - w.sum(0) + w.amax(0)).mean())
                 self.current_radius = float(self._radius())
         if self.sampling == "batch":  # the anchor's sample, an index into the batch labels
-            anchors = _repeat_each(torch.arange(len(labels), device=device), self.triplets_per_anchor)
+            t = self.triplets_per_anchor
+            anchors = torch.arange(len(labels) * t, device=device).div_(t, rounding_mode="floor")
         else:  # the anchor leaf
-            anchors = i
+            anchors = triplets[0]
         return {"loss": {"losses": losses, "indices": anchors, "reduction_type": "element", "divisor": len(losses)}}
 
     def sample_triplets(self, num_leaves, labels, device):
@@ -242,11 +249,9 @@ class HypHCProxyRegularizer(BaseRegularizer):
             i = _repeat_each(labels.to(device=device, dtype=torch.int64), self.triplets_per_anchor)
             if self.leaves == "proxies":
                 i = i * self.centers_per_class + _uniform_int(u[0], self.centers_per_class)
-        j = _uniform_int(u[1], n - 1)
-        j = j + (j >= i)
+        j = _skip(_uniform_int(u[1], n - 1), i)
         k = _uniform_int(u[2], n - 2)
-        k = k + (k >= torch.minimum(i, j))
-        k = k + (k >= torch.maximum(i, j))
+        k = _skip(_skip(k, torch.minimum(i, j)), torch.maximum(i, j))
         return torch.stack([i, j, k])
 
     def get_generator(self, device):
@@ -296,6 +301,35 @@ class HypHCProxyRegularizer(BaseRegularizer):
         if self.leaf_radius == "learned":
             return self.radius.to(self.dtype).clamp(MIN_RADIUS, MAX_RADIUS)
         return float(self.leaf_radius)
+
+    def _pairs(self, x, triplets):
+        """(leaves, a, b, ca, cb) of the torch path: the leaf rows, the pairs (i, j), (i, k), (j, k) as (3T,) leaf
+        indices a, b, and their classes."""
+        i, j, k = triplets
+        a, b = torch.cat([i, i, j]), torch.cat([j, k, k])
+        if self.leaves == "classes":
+            return self.class_directions(x, self.centers_per_class), a, b, a, b
+        size = self.centers_per_class
+        return x, a, b, a.div(size, rounding_mode="floor"), b.div(size, rounding_mode="floor")
+
+    def _fused_losses(self, x, triplets, euclidean_proxies):
+        """(losses, w or None) by the Triton kernels: the leaves (class directions or proxies) are formed from x in
+        the kernel, and so are the detached "hyperbolic" and "euclidean" similarities; other similarities are
+        computed as in the torch path and passed per pair."""
+        k, s = self.centers_per_class, self.similarity
+        group = k if self.leaves == "classes" else 1  # proxies summed per leaf
+        w, directions, directions_group = None, None, 1
+        if isinstance(s, str) and s in ("hyperbolic", "euclidean") and self.detach_similarity:
+            if s == "euclidean":
+                directions, directions_group = euclidean_proxies, euclidean_proxies.shape[0] // self.num_classes
+            elif self.leaves == "proxies":
+                directions, directions_group = x, k
+        else:
+            leaves, _, _, ca, cb = self._pairs(x, triplets)
+            w = self._pair_similarity(x, leaves, ca, cb, euclidean_proxies)
+        losses = _FusedRelaxedDasgupta.apply(x, triplets, w, self._radius(), directions, self.temperature, group,
+                                             directions_group, k // group)
+        return losses, w
 
     def _pair_similarity(self, x, leaves, ca, cb, euclidean_proxies):
         """w (3T,) of the leaf pairs of classes (ca, cb); None for the leaves' own (1 + cos)/2, detached (computed
@@ -419,6 +453,38 @@ class _RelaxedDasgupta(torch.autograd.Function):
         return grad_leaves, None, None, grad_w, grad_r, None, None, None
 
 
+class _FusedRelaxedDasgupta(torch.autograd.Function):
+    r""":class:`_RelaxedDasgupta` by the Triton kernels of :mod:`pml_hyperbolic.backends.triton_dasgupta`, on the
+    proxies x themselves: leaf l is :math:`\operatorname{normalize}(\sum_{g<G} x_{lG+g})` (G = ``group``), the
+    similarities are ``w`` (3T,), or the class directions of the rows ``directions`` (``directions_group`` per
+    class; leaf l of class l // ``leaves_per_class``, as constants), or the pairs' own (1 + cos)/2 (both None)."""
+
+    @staticmethod
+    def forward(ctx, x, triplets, w, r, directions, temperature, group, directions_group, leaves_per_class):
+        from ..backends import triton_dasgupta
+
+        losses, saved = triton_dasgupta.relaxed_dasgupta_forward(
+            x, triplets, r, temperature, True, group, w, directions, directions_group, leaves_per_class
+        )
+        learned = isinstance(r, torch.Tensor)
+        ctx.save_for_backward(x, triplets, saved, *([r] if learned else []))
+        ctx.r, ctx.learned, ctx.temperature, ctx.group = None if learned else r, learned, temperature, group
+        return losses
+
+    @staticmethod
+    @torch.autograd.function.once_differentiable
+    def backward(ctx, grad):
+        from ..backends import triton_dasgupta
+
+        x, triplets, saved, *r = ctx.saved_tensors
+        needs_x, needs_w, needs_r = ctx.needs_input_grad[0], ctx.needs_input_grad[2], ctx.needs_input_grad[3]
+        grad_x, grad_w, grad_r = triton_dasgupta.relaxed_dasgupta_backward(
+            x, triplets, saved, r[0] if ctx.learned else ctx.r, ctx.temperature, True, ctx.group, grad, needs_x,
+            needs_w, needs_r,
+        )
+        return grad_x, None, grad_w, grad_r, None, None, None, None, None
+
+
 def _gather(leaves, a, b, normalize, dtype):
     """(u, v, ‖leaves[a]‖, ‖leaves[b]‖): the rows a and b in ``dtype``, normalised with ``normalize``."""
     u, v = leaves.index_select(0, a).to(dtype), leaves.index_select(0, b).to(dtype)
@@ -455,13 +521,18 @@ def _repeat_each(x, t):
 
 
 def _uniform_int(u, m):
-    """floor(u·m) for uniforms u in [0, 1), clamped to m − 1 (rounding of u·m)."""
-    return (u * m).long().clamp_max_(m - 1)
+    """floor(u·m) for float64 uniforms u in [0, 1), clamped to m − 1 (rounding of u·m)."""
+    return (u * float(m)).long().clamp_max_(m - 1)
+
+
+def _skip(x, y):
+    """x + (x >= y): the integer of rank x (from 0) among those other than y."""
+    return torch.where(x >= y, x + 1, x)
 
 
 def _work(x):
-    """float64 stays, anything else (float32, half types) is computed in float32."""
-    return x if x.dtype == torch.float64 else x.float()
+    """float64 and float32 stay, half types are computed in float32."""
+    return x if x.dtype in (torch.float32, torch.float64) else x.float()
 
 
 def _check_int(name, value, low):

@@ -17,7 +17,7 @@ SCRIPT = textwrap.dedent(
     import triton
     from triton.backends.compiler import GPUTarget
     from triton.compiler import ASTSource
-    from pml_hyperbolic.backends import triton_cdist, triton_lca, triton_rows
+    from pml_hyperbolic.backends import triton_cdist, triton_dasgupta, triton_lca, triton_rows
 
     F, I = "*fp32", "i32"
     arch = int(sys.argv[1])
@@ -45,6 +45,19 @@ SCRIPT = textwrap.dedent(
     kernels.append((triton_rows._relaxed_backward, ["m_ptr", "s_ptr", "p_ptr", "g_ptr", "out_ptr", "R", "K", "C",
                                                     "inv_gamma", "sign"], [F] * 5 + [I] * 3 + ["fp32"] * 2,
                     {"BC": 128}, 4))
+    blocks = {"BT": triton_dasgupta._BT, "BD": triton_dasgupta._BD}
+    for modes in ({"NORMALIZE": True, "W_MODE": 2, "LEARNED": False},
+                  {"NORMALIZE": False, "W_MODE": 0, "LEARNED": True}):
+        kernels.append((triton_dasgupta._forward_kernel, ["x_ptr", "xs0", "xs1", "tri_ptr", "ts0", "ts1", "w_ptr",
+                                                         "e_ptr", "es0", "es1", "r_ptr", "loss_ptr", "save_ptr", "T",
+                                                         "D", "DE", "G", "GE", "L", "rho", "one_minus_rho", "tau"],
+                        [F, I, I, "*i64", I, I, F, F, I, I, F, F, F] + [I] * 6 + ["fp32"] * 3, {**modes, **blocks}, 4))
+    for grads in ((True, True, True), (True, False, False)):
+        modes = dict(zip(["GRAD_X", "GRAD_W", "GRAD_R"], grads), NORMALIZE=True, LEARNED=grads[2])
+        kernels.append((triton_dasgupta._backward_kernel, ["x_ptr", "xs0", "xs1", "tri_ptr", "ts0", "ts1", "save_ptr",
+                                                          "g_ptr", "gs", "r_ptr", "gx_ptr", "gw_ptr", "gr_ptr", "T",
+                                                          "D", "G", "rho", "one_minus_rho", "tau"],
+                        [F, I, I, "*i64", I, I, F, F, I, F, F, F, F] + [I] * 3 + ["fp32"] * 3, {**modes, **blocks}, 4))
     compiled = 0
     for kernel, names, types, constexprs, warps in kernels:
         src = ASTSource(fn=kernel, signature=sig(names, types, constexprs), constexprs=constexprs)
@@ -62,4 +75,4 @@ def test_triton_kernels_compile_for_gpus(arch, tmp_path):
     result = subprocess.run([sys.executable, "-c", SCRIPT, str(arch)], capture_output=True, text=True, env=env,
                             timeout=600)
     assert result.returncode == 0, result.stderr[-3000:]
-    assert "compiled 9" in result.stdout
+    assert "compiled 13" in result.stdout

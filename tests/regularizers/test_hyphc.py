@@ -331,7 +331,8 @@ def test_gradients_reach_only_what_the_options_say():
 
     # leaves="proxies", fixed radius: no parameter; each proxy's gradient is orthogonal to it
     triplets = random_triplets(num_classes * k, 20, seed=8)
-    reg = inject(HypHCProxyRegularizer(num_classes, k, leaves="proxies", leaf_radius=0.5, dtype=torch.float64), triplets)
+    reg = HypHCProxyRegularizer(num_classes, k, leaves="proxies", leaf_radius=0.5, dtype=torch.float64)
+    reg = inject(reg, triplets)
     assert list(reg.parameters()) == []
     x = proxies_for(num_classes, k, 5, seed=9).requires_grad_(True)
     reg(x).backward()
