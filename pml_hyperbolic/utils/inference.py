@@ -1,4 +1,6 @@
-r"""Hyperbolic nearest neighbours with faiss: a ``knn_func`` for pml's ``AccuracyCalculator`` and ``InferenceModel``.
+r"""Hyperbolic nearest neighbours with faiss: a ``knn_func`` for pml's ``AccuracyCalculator`` and ``InferenceModel``
+(``PoincareKNN``, with its exact certification and approximate-index modes, hence the module's length; ``SliceKNN``
+and a tangent-space k-means beside it).
 
 For a fixed query x, the Poincaré distance
 :math:`d_c(x, y) = \frac{2}{\sqrt c}\operatorname{asinh}\sqrt{c\,a_x\,g_x(y)}` (:math:`a_x = 1/(1-c\|x\|^2)`) is
