@@ -14,23 +14,24 @@ Runs on one CPU thread (the results do not depend on it; on a shared 2-core mach
 """
 
 import torch
-from digits_harness import Head, Setup, ball_eval, compare, cosine_eval, make_model, markdown
+from digits_harness import Head, Setup, ball_eval, compare, cosine_eval, markdown
 from pytorch_metric_learning.losses import MultipleLosses, ProxyAnchorLoss
 
 from pml_hyperbolic.losses import HIERLoss
 
-DIM, CLASSES = 32, 5
+DIM = 32
 SPACES = {"ball": ball_eval(0.1), "cosine": cosine_eval()}
 
 
-def proxy_anchor():
-    return Setup(make_model(Head(256, DIM, "ball")), ProxyAnchorLoss(CLASSES, DIM), eval_spaces=SPACES)
+def proxy_anchor(data):
+    model = data.model(Head(data.features, DIM, "ball"))  # before the loss: the seed's draws of the README table
+    return Setup(model, ProxyAnchorLoss(data.num_classes, DIM), eval_spaces=SPACES)
 
 
 def proxy_anchor_hier(**hier_kwargs):
-    def make():
-        loss = MultipleLosses([ProxyAnchorLoss(CLASSES, DIM), HIERLoss(DIM, **hier_kwargs)], weights=[1, 0.5])
-        return Setup(make_model(Head(256, DIM, "ball")), loss, eval_spaces=SPACES)
+    def make(data):
+        loss = MultipleLosses([ProxyAnchorLoss(data.num_classes, DIM), HIERLoss(DIM, **hier_kwargs)], weights=[1, 0.5])
+        return Setup(data.model(Head(data.features, DIM, "ball")), loss, eval_spaces=SPACES)
 
     return make
 

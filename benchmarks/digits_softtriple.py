@@ -23,12 +23,12 @@ import argparse
 import itertools
 
 import torch
-from digits_harness import METRICS, Head, Setup, ball_eval, compare, cosine_eval, make_model, markdown, paired_difference
+from digits_harness import METRICS, Head, Setup, ball_eval, compare, cosine_eval, markdown, paired_difference, spaces
 from pytorch_metric_learning.losses import SoftTripleLoss
 
 from pml_hyperbolic.losses import HyperbolicSoftTripleLoss
 
-DIM, CLASSES, K = 32, 5, 10
+DIM, K = 32, 10
 
 # Chosen by --sweep (see the module docstring); the loss's defaults are the hyperbolic settings below.
 PML_DEFAULTS = dict(la=20, gamma=0.1, margin=0.01)
@@ -44,9 +44,9 @@ SWEEP = {
 
 
 def pml_soft_triple(head="sphere", **loss_kwargs):
-    def make():
-        loss = SoftTripleLoss(CLASSES, DIM, centers_per_class=K, **loss_kwargs)
-        return Setup(make_model(Head(256, DIM, head)), loss, eval_spaces={"cosine": cosine_eval()})
+    def make(data):
+        loss = SoftTripleLoss(data.num_classes, DIM, centers_per_class=K, **loss_kwargs)
+        return Setup(data.model(Head(data.features, DIM, head)), loss, eval_spaces={"cosine": cosine_eval()})
 
     return make
 
@@ -54,10 +54,10 @@ def pml_soft_triple(head="sphere", **loss_kwargs):
 def hyperbolic_soft_triple(c=0.1, clip_r=2.3, **loss_kwargs):
     """The loss and the ToPoincare head share c and clip_r (proxies and embeddings in the same region)."""
 
-    def make():
-        loss = HyperbolicSoftTripleLoss(CLASSES, DIM, centers_per_class=K, c=c, clip_r=clip_r, **loss_kwargs)
-        head = Head(256, DIM, "ball", c=c, clip_r=clip_r)
-        return Setup(make_model(head), loss, eval_spaces={"ball": ball_eval(c)})
+    def make(data):
+        loss = HyperbolicSoftTripleLoss(data.num_classes, DIM, centers_per_class=K, c=c, clip_r=clip_r, **loss_kwargs)
+        head = Head(data.features, DIM, "ball", c=c, clip_r=clip_r)
+        return Setup(data.model(head), loss, eval_spaces={"ball": ball_eval(c)})
 
     return make
 
@@ -66,7 +66,7 @@ FACTORIES = {"pml": pml_soft_triple, "hyp": hyperbolic_soft_triple}
 
 
 def map_at_r(table, name):
-    return next(iter(table[name].values()))[METRICS[0]][0]
+    return next(iter(spaces(table[name]).values()))[METRICS[0]][0]
 
 
 def sweep(kind, seeds=(3, 4, 5, 6, 7)):

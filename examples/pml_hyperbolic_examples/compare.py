@@ -58,12 +58,19 @@ def comparison_table(results):
                 values = [r.get("hierarchy", {}).get(part, {}).get(metric) for r in runs]
                 if all(v is not None for v in values):
                     metrics[f"{part}/{metric}"] = values
+        reference = {}
+        for part in ("proxies", "class_means"):
+            figures = [r.get("hierarchy", {}).get("dasgupta", {}).get(part) for r in runs]
+            if all(f is not None for f in figures):
+                metrics[f"dasgupta/{part}"] = [f["decoded"] for f in figures]
+                reference[part] = {k: figures[0][k] for k in ("best", "random")}
         table[name] = {
             "space": space,
             "epoch": [row["epoch"] for row in reported],
             "selected_by": reported[0]["selected_by"],
             "metrics": {m: (statistics.fmean(v), statistics.pstdev(v)) for m, v in metrics.items()},
             "time_s": statistics.fmean(r["wall_time_s"] for r in runs),
+            "dasgupta_reference": reference,
         }
     return table
 
@@ -79,6 +86,14 @@ def table_markdown(table, cfg):
     header = f"{cfg.dataset}: test classes unseen in training; {when} ({seeds}); Recall@K and MAP@R in %"
     if any("mistake_severity" in c for c in columns):
         header += "; severity and hdist: tree levels (lower is better)"
+    reference = next((row["dasgupta_reference"] for row in table.values() if row["dasgupta_reference"]), {})
+    if reference:
+        header += (
+            "; Dasgupta: cost of the tree decoded from the class proxies (training classes) or the test class means, "
+            "relative to the true tree's (lower is better; "
+            + ", ".join(f"{'proxies' if part == 'proxies' else 'means'}: best binary tree {r['best']:.3f}, random "
+                        f"trees {r['random']:.3f}" for part, r in reference.items()) + ")"
+        )  # fmt: skip
     lines = [
         header,
         "",

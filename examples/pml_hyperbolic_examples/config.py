@@ -2,15 +2,21 @@
 dataset, presets (checked against the options)."""
 
 import argparse
+import inspect
 import math
 import os
 
 import torch
 
+from pml_hyperbolic.losses import CHESTLoss
+from pml_hyperbolic.losses.chest_loss import REGULARIZER_WEIGHTS
+
 from .data import DATASETS, RECALL_AT, SMALL_DATASETS
 from .losses import LOSSES
 from .models import SMALL_TRUNKS, timm_model_exists
 from .presets import PRESETS
+
+CHEST_DEFAULT_REGULARIZER = inspect.signature(CHESTLoss).parameters["regularizer"].default
 
 # Defaults that depend on the dataset (used where the command line and the preset leave an option unset).
 _SMALL = dict(
@@ -150,6 +156,16 @@ def build_parser():
     g.add_argument(
         "--hier-proxies", type=POSITIVE_INT,
         help="number of hierarchical proxies (by default 64 for the small datasets, 512 (the paper's) for images)",
+    )  # fmt: skip
+    g.add_argument(
+        "--chest-regularizer", choices=("hyphc", "hier", "none"),
+        help="chest's regularizer of its hyperbolic proxies: HypHC's relaxed Dasgupta cost, HIER's LCA proxies, or "
+        f"none (by default CHESTLoss's, {CHEST_DEFAULT_REGULARIZER!r})",
+    )  # fmt: skip
+    g.add_argument(
+        "--chest-regularizer-weight", type=NON_NEGATIVE,
+        help="weight of chest's regularizer (by default CHESTLoss's: "
+        + ", ".join(f"{name} {w:g}" for name, w in REGULARIZER_WEIGHTS.items()) + ")",
     )  # fmt: skip
     g.add_argument(
         "--hier-topk", type=POSITIVE_INT,
@@ -299,6 +315,13 @@ def check_combinations(parser, cfg):
         parser.error("--lr-schedule step needs --lr-step-epochs")
     if cfg.grad_clip_norm and cfg.grad_clip_value:
         parser.error("choose one of --grad-clip-norm and --grad-clip-value")
+    given = {"--chest-regularizer": cfg.chest_regularizer, "--chest-regularizer-weight": cfg.chest_regularizer_weight}
+    chest_options = [option for option, value in given.items() if value is not None]
+    if chest_options and "chest" not in cfg.losses:
+        verb = "applies" if len(chest_options) == 1 else "apply"
+        parser.error(f"{' and '.join(chest_options)} {verb} to the chest loss only; add chest to --loss")
+    if cfg.chest_regularizer == "none" and cfg.chest_regularizer_weight is not None:
+        parser.error("--chest-regularizer none has no weight: drop --chest-regularizer-weight")
     if cfg.amp_dtype and not cfg.amp:
         parser.error("--amp-dtype needs --amp")
     if cfg.patience and not cfg.val_fraction:

@@ -1,13 +1,14 @@
 """Evaluation: pml's ``GlobalEmbeddingSpaceTester`` fed by the runner's input pipeline, the retrieval metrics of each
 evaluation space, and the class-grouping metrics of datasets with a class tree."""
 
+import numpy as np
 import torch
 from pytorch_metric_learning.distances import CosineSimilarity
 from pytorch_metric_learning.testers import GlobalEmbeddingSpaceTester
 from pytorch_metric_learning.utils.inference import CustomKNN
 
 from pml_hyperbolic import poincare
-from pml_hyperbolic.utils import hierarchy
+from pml_hyperbolic.utils import dasgupta, hierarchy
 from pml_hyperbolic.utils.accuracy_calculator import RetrievalAccuracyCalculator
 from pml_hyperbolic.utils.inference import PoincareKNN, SliceKNN
 
@@ -65,7 +66,10 @@ def make_tester(cfg, data, space, batches, end_of_testing_hook, device):
 
 def hierarchy_metrics(run):
     """Class-grouping metrics on the last evaluated test embeddings: do the classes closest to each class (by
-    distance between class means, and through the LCA proxies of HIER) share its parent in the class tree?"""
+    distance between class means, and through the LCA proxies of HIER) share its parent in the class tree? And
+    ``dasgupta``: how well the trees decoded by single linkage from the test class means (with the primary space's
+    distance) and from the training classes' proxies (cosine of the class directions, HypHC's decoding) match the
+    class tree (:func:`dasgupta_figures`)."""
     tree, (epoch, emb, labels) = run.data.class_tree, run.history.embeddings
     classes = torch.unique(labels)
     if len(classes) > MAX_CLASSES_FOR_GROUPING:
@@ -82,7 +86,41 @@ def hierarchy_metrics(run):
         with torch.no_grad():
             proxies = run.setup.lca_proxies(run.setup.loss).detach().cpu().double()
         out["lca_proxies"] = _grouping(hierarchy.lca_proxy_distances(means, proxies, c), classes, tree)
+    symmetric = ((dis + dis.T) / 2).clamp_min(0).fill_diagonal_(0)
+    out["dasgupta"] = {"class_means": dasgupta_figures(symmetric, classes, tree, precomputed=True)}
+    if run.setup.class_proxies is not None:
+        with torch.no_grad():
+            points = run.setup.class_proxies(run.setup.loss).detach().cpu().double()
+        out["dasgupta"]["proxies"] = dasgupta_figures(points, np.unique(np.asarray(run.data.train.labels)), tree)
     return out
+
+
+def dasgupta_figures(points, classes, tree, precomputed=False):
+    """:func:`pml_hyperbolic.utils.dasgupta.hierarchy_quality` of ``points`` (one row per class of ``classes``; a
+    distance matrix if ``precomputed``): the decoded tree's Dasgupta cost relative to the true tree's, with the best
+    binary tree's and random trees' figures (lower is better). None where it is undefined (fewer than 3 classes,
+    classes outside the tree, all classes meeting at the root) or too large (O(n²))."""
+    classes = np.asarray(classes.cpu() if torch.is_tensor(classes) else classes)
+    if len(classes) > MAX_CLASSES_FOR_GROUPING or len(points) != len(classes):
+        return None
+    try:
+        return dasgupta.hierarchy_quality(points, tree, classes, metric="precomputed" if precomputed else "cosine")
+    except ValueError:
+        return None
+
+
+def hierarchy_line(metrics):
+    """One line for the console: the Dasgupta figures (decoded / best / random) and the sibling precision."""
+    if "skipped" in metrics:
+        return f"Hierarchy metrics skipped: {metrics['skipped']}."
+    parts = []
+    for name, q in metrics.get("dasgupta", {}).items():
+        if q is not None:
+            label = "proxies" if name == "proxies" else "test class means"
+            parts.append(f"{label} {q['decoded']:.3f} (best {q['best']:.3f}, random {q['random']:.3f})")
+    line = f"Hierarchy (epoch {metrics['epoch']}): Dasgupta cost / true tree's, lower is better: " + "; ".join(parts)
+    precision = metrics["class_means"]["sibling_precision"]
+    return line + ("" if precision is None else f". Sibling precision of the class means: {100 * precision:.1f} %")
 
 
 def _grouping(dissimilarity, classes, tree):

@@ -17,6 +17,8 @@ METRIC_LABELS = {
     "class_means/tree_rank_correlation": "tree corr. (means)",
     "lca_proxies/sibling_precision": "siblings (LCA proxies, %)",
     "lca_proxies/tree_rank_correlation": "tree corr. (LCA proxies)",
+    "dasgupta/proxies": "Dasgupta (proxies)",
+    "dasgupta/class_means": "Dasgupta (means)",
 }
 
 

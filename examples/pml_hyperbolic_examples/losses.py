@@ -10,6 +10,7 @@ from pytorch_metric_learning import losses, regularizers
 from pml_hyperbolic.distances import PoincareDistance
 from pml_hyperbolic.layers import EuclideanHyperbolicHead
 from pml_hyperbolic.losses import CHESTLoss, HIERLoss, HyperbolicSoftTripleLoss
+from pml_hyperbolic.regularizers import HypHCProxyRegularizer
 
 
 @dataclasses.dataclass
@@ -37,6 +38,9 @@ class LossSetup:
         lca_proxies: ``loss -> ball points`` of proxies that act as lowest common ancestors (HIER's hierarchical
             proxies): drawn in the Poincaré-disk map and scored on how they group sibling classes.
         proxies: ``loss -> {name: ball points}``: other proxies to draw in the map (e.g. class proxies).
+        class_proxies: ``loss -> (C, D)``: one point per training class (in label order), e.g. the direction of its
+            proxies' mean (``HypHCProxyRegularizer.class_directions``); the tree decoded from them by cosine single
+            linkage is scored against the class tree (Dasgupta's cost, ``evaluation.hierarchy_metrics``).
         head: ``in_features -> nn.Module``, a head replacing ``EmbeddingHead`` (e.g. pml_hyperbolic's
             ``EuclideanHyperbolicHead``, whose two spaces side by side are evaluated via ``EvalSpace.columns``).
     """
@@ -51,6 +55,7 @@ class LossSetup:
     lca_proxies: Optional[Callable] = None
     proxies: Optional[Callable] = None
     head: Optional[Callable] = None
+    class_proxies: Optional[Callable] = None
 
 
 POINCARE = {"poincare": EvalSpace("poincare")}
@@ -59,6 +64,11 @@ COSINE = {"cosine": EvalSpace("cosine")}
 
 def _scale(cfg, default):
     return default if cfg.proxy_lr_scale is None else cfg.proxy_lr_scale
+
+
+def _class_directions(proxies, k):
+    """(C, D) direction of each class's proxy mean, from (C·K, D) proxies (row c·K + k: proxy k of class c)."""
+    return HypHCProxyRegularizer.class_directions(proxies, k)
 
 
 def softtriple(cfg, num_classes):
@@ -74,7 +84,8 @@ def softtriple(cfg, num_classes):
         weight_regularizer=regularizers.SparseCentersRegularizer(num_classes, 10),
         weight_reg_weight=0.2,
     )
-    return LossSetup(loss, "sphere", COSINE, [(loss, _scale(cfg, 100))])
+    centers = lambda loss: _class_directions(torch.nn.functional.normalize(loss.fc, dim=0).t(), 10)  # noqa: E731
+    return LossSetup(loss, "sphere", COSINE, [(loss, _scale(cfg, 100))], class_proxies=centers)
 
 
 def hyperbolic_softtriple(cfg, num_classes):
@@ -82,14 +93,15 @@ def hyperbolic_softtriple(cfg, num_classes):
     proxies at 10³× the learning rate (``benchmarks/digits_softtriple.py``'s choice: proxy lr 1.0 for lr 1e-3)."""
     loss = HyperbolicSoftTripleLoss(num_classes, cfg.embedding_size, c=cfg.curvature, clip_r=cfg.clip_r)
     return LossSetup(
-        loss, "ball", POINCARE, [(loss, _scale(cfg, 1e3))], proxies=lambda loss: {"class proxies": loss.get_proxies()}
-    )
+        loss, "ball", POINCARE, [(loss, _scale(cfg, 1e3))], proxies=lambda loss: {"class proxies": loss.get_proxies()},
+        class_proxies=lambda loss: _class_directions(loss.get_proxies(), loss.centers_per_class),
+    )  # fmt: skip
 
 
 def proxy_anchor(cfg, num_classes):
     """pml ``ProxyAnchorLoss`` (α = 32, δ = 0.1) on the sphere; proxies at 100× the learning rate (official code)."""
     loss = losses.ProxyAnchorLoss(num_classes, cfg.embedding_size, margin=0.1, alpha=32)
-    return LossSetup(loss, "sphere", COSINE, [(loss, _scale(cfg, 100))])
+    return LossSetup(loss, "sphere", COSINE, [(loss, _scale(cfg, 100))], class_proxies=lambda loss: loss.proxies)
 
 
 def proxy_anchor_hier(cfg, num_classes):
@@ -111,16 +123,24 @@ def proxy_anchor_hier(cfg, num_classes):
         head_layer_norm=True,
         riemannian=True,
         lca_proxies=lambda loss: loss.losses["hier"].get_proxies(),
+        class_proxies=lambda loss: loss.losses["proxy_anchor"].proxies,
     )
 
 
 def chest(cfg, num_classes):
-    """CHEST (arXiv 2510.05643): ``CHESTLoss`` with its defaults in layout (b), ``EuclideanHyperbolicHead`` with
-    D_E = D_H = embedding_size / 2; the ball part is evaluated with the Poincaré distance (it selects the best model),
-    the Euclidean part with cosine. Every proxy at 10× the learning rate (``benchmarks/digits_chest.py``'s choice:
-    proxy lr 1e-2 for lr 1e-3)."""
-    d_e = cfg.embedding_size // 2
-    loss = CHESTLoss(num_classes, cfg.embedding_size, euclidean_dim=d_e, c=cfg.curvature, clip_r=cfg.clip_r)
+    """CHEST (arXiv 2510.05643): ``CHESTLoss`` in layout (b) with its defaults, except the regularizer
+    (``--chest-regularizer``) and its weight (``--chest-regularizer-weight``) when given; ``EuclideanHyperbolicHead``
+    with D_E = embedding_size / 4 (at least 2, a circle) and D_H = the rest; the ball part is evaluated with the
+    Poincaré distance (it selects the best model), the Euclidean part with cosine. Every proxy at 10× the learning
+    rate. Split and proxy learning rate: ``benchmarks/quality.py --select``'s choice (docs/quality.md). Its hierarchy
+    figures decode the hyperbolic class proxies."""
+    d_e = min(max(2, cfg.embedding_size // 4), cfg.embedding_size - 1)
+    options = {}
+    if cfg.chest_regularizer is not None:
+        options["regularizer"] = None if cfg.chest_regularizer == "none" else cfg.chest_regularizer
+    if cfg.chest_regularizer_weight is not None:
+        options["regularizer_weight"] = cfg.chest_regularizer_weight
+    loss = CHESTLoss(num_classes, cfg.embedding_size, euclidean_dim=d_e, c=cfg.curvature, clip_r=cfg.clip_r, **options)
     spaces = {
         "hyperbolic": EvalSpace("poincare", columns=slice(d_e, None)),
         "euclidean": EvalSpace("cosine", columns=slice(0, d_e)),
@@ -134,6 +154,7 @@ def chest(cfg, num_classes):
         head=head,
         lca_proxies=(lambda loss: loss.regularizer.get_proxies()) if loss.regularizer_name == "hier" else None,
         proxies=lambda loss: {"class proxies": loss.hyperbolic_loss.get_proxies()},
+        class_proxies=lambda loss: _class_directions(loss.hyperbolic_loss.get_proxies(), loss.centers_per_class),
     )
 
 

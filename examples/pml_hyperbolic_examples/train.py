@@ -23,6 +23,7 @@ def main(argv=None):
 
 def _main(cfg):
     from .compare import compare
+    from .evaluation import hierarchy_line
     from .runner import run
     from .throughput import benchmark_throughput
 
@@ -39,6 +40,8 @@ def _main(cfg):
     if results:  # only rank 0 evaluates under torchrun
         result = results["result"]
         print(f"\nReported: epoch {result['epoch']} ({result['selected_by']}).")
+        if "hierarchy" in results:
+            print(hierarchy_line(results["hierarchy"]))
         print(f"Results, plots, logs and checkpoints: {results['output']}")
     return results
 

@@ -47,6 +47,17 @@ def refused(argv, capsys, one_line=True):
         (["--amp-dtype", "float16"], "--amp-dtype needs --amp"),
         (["--grad-clip-norm", "1", "--grad-clip-value", "1"], "choose one of --grad-clip-norm and --grad-clip-value"),
         (["--backbone", "resnet_does_not_exist"], "unknown --backbone 'resnet_does_not_exist'"),
+        (["--chest-regularizer", "hyp"], "argument --chest-regularizer: invalid choice: 'hyp'"),
+        (["--chest-regularizer-weight", "-1"], "argument --chest-regularizer-weight: expected a number >= 0"),
+        (["--loss", "softtriple", "--chest-regularizer", "hier"], "--chest-regularizer applies to the chest loss only"),
+        (
+            ["--loss", "softtriple", "--chest-regularizer-weight", "2"],
+            "--chest-regularizer-weight applies to the chest loss only",
+        ),
+        (
+            ["--loss", "chest", "--chest-regularizer", "none", "--chest-regularizer-weight", "1"],
+            "--chest-regularizer none has no weight",
+        ),
         (
             ["--pretrained-path", "missing.pth", "--backbone", "test_vit"],
             "--pretrained-path 'missing.pth' is not a file",

@@ -1,3 +1,4 @@
+import argparse
 import csv
 import glob
 import json
@@ -159,6 +160,27 @@ def test_tree_reports_hierarchy_metrics(tmp_path):
     for part in ("class_means", "lca_proxies"):
         assert 0 <= grouping[part]["sibling_precision"] <= 1
         assert -1 <= grouping[part]["tree_rank_correlation"] <= 1
+    for part in ("class_means", "proxies"):  # Proxy-Anchor's class proxies
+        figures = grouping["dasgupta"][part]
+        assert figures["best"] == pytest.approx(1.0) and figures["decoded"] >= 1.0 and figures["random"] > 1.2
+
+
+def test_the_comparison_table_reports_the_dasgupta_figures():
+    from pml_hyperbolic_examples.compare import comparison_table, table_markdown
+
+    def fake_run(decoded):
+        figures = {"decoded": decoded, "best": 0.85, "random": 3.37, "random_std": 0.14}
+        reported = {"selected_by": "last epoch", "epoch": 2, "cosine": {"mean_average_precision_at_r": 0.4}}
+        return {"eval_spaces": {"cosine": {}}, "result": reported, "wall_time_s": 1.0,
+                "hierarchy": {"dasgupta": {"proxies": figures, "class_means": None}}}  # fmt: skip
+
+    table = comparison_table({"softtriple": [fake_run(1.0), fake_run(2.0)]})
+    assert table["softtriple"]["metrics"]["dasgupta/proxies"] == (1.5, 0.5)
+    assert "dasgupta/class_means" not in table["softtriple"]["metrics"]  # undefined in a run: no column
+    cfg = argparse.Namespace(seeds=[0, 1], dataset="tree", epochs=2)
+    text = table_markdown(table, cfg)
+    assert "| MAP@R | Dasgupta (proxies) | time (s) |" in text and "| 40.00 ± 0.00 | 1.500 ± 0.500 | 1 |" in text
+    assert "proxies: best binary tree 0.850, random trees 3.370" in text
 
 
 def test_compare_prints_a_table_and_writes_the_comparison(tmp_path, capsys):
@@ -326,3 +348,84 @@ def test_lr_factor_schedules():
     assert [cosine(e) for e in range(5)] == pytest.approx([1.0, 0.8535534, 0.5, 0.1464466, 0.0])
     with pytest.raises(ValueError, match="lr-step-epochs"):
         lr_factor("step", 10)
+
+
+def plain_single_linkage_dasgupta(distance, similarity):
+    """Dasgupta's cost of the single-linkage tree of ``distance`` under ``similarity``, by the definitions: merge the
+    two closest clusters (closest pair of members) until one is left; a pair's LCA is the first cluster holding both."""
+    n = len(distance)
+    clusters = [{i} for i in range(n)]
+    lca_size = [[0] * n for _ in range(n)]
+    while len(clusters) > 1:
+        pairs = [(a, b) for a in range(len(clusters)) for b in range(a + 1, len(clusters))]
+        a, b = min(pairs, key=lambda p: min(distance[i][j] for i in clusters[p[0]] for j in clusters[p[1]]))
+        for i in clusters[a]:
+            for j in clusters[b]:
+                lca_size[i][j] = lca_size[j][i] = len(clusters[a]) + len(clusters[b])
+        clusters[a] |= clusters.pop(b)
+    return sum(similarity[i][j] * lca_size[i][j] for i in range(n) for j in range(i + 1, n))
+
+
+def test_dasgupta_figures_against_the_definitions():
+    """A tree of 2 groups × 3 classes (similarity 1/2 within a group): the decoded tree's cost over the true tree's."""
+    from pml_hyperbolic_examples.evaluation import dasgupta_figures
+
+    from pml_hyperbolic.utils.hierarchy import ClassTree
+
+    tree = ClassTree({10 + i: (i // 3,) for i in range(6)})
+    w = [[0.5 if i // 3 == j // 3 else 0.0 for j in range(6)] for i in range(6)]
+    true_cost = 2 * 3 * 0.5 * 3  # per group: 3 pairs of similarity 1/2 meeting under the group's 3 leaves
+    g = torch.Generator().manual_seed(0)
+    for trial in range(4):
+        points = torch.randn(6, 5, generator=g, dtype=torch.float64) + 2 * trial * torch.eye(6, 5, dtype=torch.float64)
+        u = torch.nn.functional.normalize(points, dim=1)
+        cosine = (1 - u @ u.T).tolist()
+        expected = plain_single_linkage_dasgupta(cosine, w) / true_cost
+        figures = dasgupta_figures(points, torch.arange(10, 16), tree)
+        assert figures["decoded"] == pytest.approx(expected, rel=1e-12)
+        assert figures["best"] == pytest.approx(2 * (0.5 * 2 + 2 * 0.5 * 3) / true_cost)  # a binary refinement
+        matrix = torch.tensor(cosine).clamp_min(0).fill_diagonal_(0)
+        from_matrix = dasgupta_figures(matrix, [10, 11, 12, 13, 14, 15], tree, precomputed=True)
+        assert from_matrix["decoded"] == figures["decoded"]
+    assert dasgupta_figures(torch.randn(2, 5), [10, 11], tree) is None  # fewer than 3 classes: undefined
+    assert dasgupta_figures(torch.randn(3, 5), [10, 11, 99], tree) is None  # a class outside the tree
+
+
+def test_tree_reports_the_dasgupta_figure_of_the_learned_proxies(tmp_path):
+    """pml's SoftTriple on the tree: the runner's figure equals the definitions applied to the saved centers (the
+    direction of each class's mean center) with the tree's similarities (1/2 for sibling classes, 0 otherwise)."""
+    out = str(tmp_path)
+    args = ["--dataset", "tree", "--tree-depth", "2", "--tree-samples-per-class", "12", "--loss", "softtriple"]
+    results = main(args + ["--epochs", "1", "--output", out])
+    figures = results["hierarchy"]["dasgupta"]
+    fc = torch.load(os.path.join(out, "saved_models", "metric_loss_1.pth"))["fc"].double()  # (D, C·K), K = 10
+    centers = torch.nn.functional.normalize(fc, dim=0).t().reshape(8, 10, -1).sum(1)
+    u = torch.nn.functional.normalize(centers, dim=1)
+    classes = [0, 1, 4, 5, 8, 9, 12, 13]  # the training classes: the first 2 children of each of the 4 parents
+    w = [[0.5 if a // 4 == b // 4 else 0.0 for b in classes] for a in classes]
+    expected = plain_single_linkage_dasgupta((1 - u @ u.T).tolist(), w) / (4 * 0.5 * 2)
+    assert figures["proxies"]["decoded"] == pytest.approx(expected, rel=1e-9)
+    assert figures["proxies"]["best"] == pytest.approx(1.0)  # 2 training children per parent: the tree is binary
+    assert figures["proxies"]["random"] > 1.2
+    assert figures["class_means"]["best"] <= figures["class_means"]["decoded"] <= 8
+
+
+def test_chest_regularizer_options_reach_the_loss():
+    from pml_hyperbolic_examples.config import CHEST_DEFAULT_REGULARIZER, parse_args
+
+    from pml_hyperbolic.losses.chest_loss import HIER_DEFAULTS, REGULARIZER_WEIGHTS
+
+    setup = registry.chest(parse_args(["--loss", "chest", "--chest-regularizer", "hier"]), 5)
+    assert setup.loss.regularizer_name == "hier" and setup.loss.regularizer_weight == REGULARIZER_WEIGHTS["hier"]
+    assert setup.loss.euclidean_dim == 8  # D_E = D / 4 of the default 32
+    assert setup.lca_proxies(setup.loss).shape == (HIER_DEFAULTS["num_proxies"], 24)  # CHEST's HIER, in D_H = 24
+    setup = registry.chest(parse_args(["--loss", "chest", "--chest-regularizer-weight", "0.25"]), 5)
+    assert setup.loss.regularizer_name == CHEST_DEFAULT_REGULARIZER and setup.loss.regularizer_weight == 0.25
+    assert (setup.lca_proxies is None) == (CHEST_DEFAULT_REGULARIZER != "hier")
+    setup = registry.chest(parse_args(["--loss", "chest", "--chest-regularizer", "hyphc"]), 5)
+    assert setup.loss.regularizer_name == "hyphc" and setup.lca_proxies is None
+    setup = registry.chest(parse_args(["--loss", "chest", "--chest-regularizer", "none"]), 5)
+    assert setup.loss.regularizer is None
+    directions = setup.class_proxies(setup.loss)
+    proxies = setup.loss.hyperbolic_loss.get_proxies().detach().double().reshape(5, 10, 24).sum(1)
+    assert torch.allclose(directions.double(), torch.nn.functional.normalize(proxies, dim=1), atol=1e-6)
