@@ -71,8 +71,10 @@ def standalone_parts(chest, hyperbolic_kwargs=None, euclidean_kwargs=None, regul
     if chest.regularizer_name == "hier":
         parts["hier"] = HIERLoss(D_H, c=C, clip_r=CLIP, **{**HIER_KW, "generator": 3, **(regularizer_kwargs or {})})
     elif chest.regularizer_name == "hyphc":
-        parts["hyphc"] = HypHCProxyRegularizer(NUM_CLASSES, K, **{
-            "similarity": "euclidean", **HYPHC_DEFAULTS, **HYPHC_KW, "generator": 3, **(regularizer_kwargs or {})})
+        options = {**HYPHC_DEFAULTS, **HYPHC_KW, "generator": 3, **(regularizer_kwargs or {})}
+        options["similarity"] = "euclidean"  # "class_means": the reference passes the class means as Euclidean proxies
+        parts["hyphc"] = HypHCProxyRegularizer(NUM_CLASSES, K, **options)
+        parts["hyphc"].class_means_mode = chest.class_means is not None
     modules[chest.regularizer_name] = chest.regularizer
     for name, part in parts.items():
         part.load_state_dict(modules[name].state_dict())
@@ -83,6 +85,18 @@ def split(x, layout):
     return (x, x) if layout == "a" else (x[:, :D_E], x[:, D_E:])
 
 
+def class_means_of(z_e, y):
+    """The first batch's running class means, written plainly: the mean of each class's normalised Euclidean rows."""
+    z = F.normalize(z_e.detach(), dim=1)
+    return torch.stack([z[y == c].mean(0) if (y == c).any() else torch.zeros(z.shape[1], dtype=z.dtype)
+                        for c in range(NUM_CLASSES)])
+
+
+def hyphc_similarity_rows(parts, z_e, y):
+    """What CHEST passes to HypHC as Euclidean proxies: the class means, or pml's SoftTriple proxies."""
+    return class_means_of(z_e, y) if parts["hyphc"].class_means_mode else parts["euclidean"].fc.t()
+
+
 def reference_value(parts, x, y, layout, class_proxies=False, indices_tuple=None):
     """Σ weight · part(slice) with each part's own forward (its default MeanReducer)."""
     z_e, z_h = split(x, layout)
@@ -90,7 +104,7 @@ def reference_value(parts, x, y, layout, class_proxies=False, indices_tuple=None
              + WEIGHTS["euclidean_weight"] * parts["euclidean"](z_e, y, indices_tuple))
     if "hyphc" in parts:
         proxies = parts["hyperbolic"].get_proxies()
-        return value + WEIGHTS["regularizer_weight"] * parts["hyphc"](proxies, y, parts["euclidean"].fc.t())
+        return value + WEIGHTS["regularizer_weight"] * parts["hyphc"](proxies, y, hyphc_similarity_rows(parts, z_e, y))
     points, point_labels = z_h, y
     if class_proxies:
         classes = torch.unique(y)
@@ -107,6 +121,7 @@ def reference_value(parts, x, y, layout, class_proxies=False, indices_tuple=None
 @pytest.mark.parametrize("regularizer, class_proxies, option", [
     ("hier", False, dict(lca="gumbel")), ("hier", True, dict(lca="gumbel")), ("hier", False, dict(lca="argmax")),
     ("hier", True, dict(lca="argmax")), ("hyphc", False, dict(dtype=torch.float64)),
+    ("hyphc", False, dict(dtype=torch.float64, similarity="euclidean")),
     ("hyphc", False, dict(leaves="proxies", dtype=torch.float64)),
 ])  # fmt: skip
 def test_equals_weighted_sum_of_independent_parts(layout, regularizer, class_proxies, option):
@@ -191,7 +206,7 @@ def part_terms(parts, x, y, layout):
     for name, part in parts.items():
         part.reducer = reducers.DoNothingReducer()
         if name == "hyphc":
-            terms = part(parts["hyperbolic"].get_proxies(), y, parts["euclidean"].fc.t())
+            terms = part(parts["hyperbolic"].get_proxies(), y, hyphc_similarity_rows(parts, z_e, y))
         else:
             terms = part(z_e if name == "euclidean" else z_h, y)
         weight = WEIGHTS["regularizer_weight" if name in ("hier", "hyphc") else f"{name}_weight"]
@@ -499,3 +514,22 @@ def test_cuda_matches_cpu():
     for name, p_gpu, p_cpu in pairs:  # float32 sums in two orders: tolerance relative to the largest entry
         atol = 1e-5 * p_cpu.grad.abs().max().item()
         torch.testing.assert_close(p_gpu.grad.cpu(), p_cpu.grad, rtol=1e-4, atol=atol, msg=name)
+
+
+def test_hyphc_class_means_follow_the_batches():
+    """similarity="class_means": a class's first batch sets its mean, later ones move it with momentum 0.9; classes
+    absent from a batch keep theirs; the buffer is in the state dict (checkpoints resume it)."""
+    chest = make_chest("b", "hyphc", regularizer_kwargs=dict(HYPHC_KW, generator=0))
+    assert chest.regularizer_weight == WEIGHTS["regularizer_weight"] and "class_means" in chest.state_dict()
+    x1, x2 = embeddings(16, "b", seed=20, dtype=torch.float32), embeddings(16, "b", seed=21, dtype=torch.float32)
+    y1, y2 = labels_for(16), torch.tensor([0, 1] * 8)  # classes 2 and 3 only in the first batch
+    chest(x1, y1)
+    first = class_means_of(x1[:, :D_E], y1).float()
+    torch.testing.assert_close(chest.class_means, first)
+    chest(x2, y2)
+    expected = first.clone()
+    expected[:2] = 0.9 * first[:2] + 0.1 * class_means_of(x2[:, :D_E], y2).float()[:2]
+    torch.testing.assert_close(chest.class_means, expected)
+    default = CHESTLoss(4, 11, euclidean_dim=5)
+    assert default.regularizer_name == "hyphc" and default.regularizer_weight == 3.0  # the selected default
+    assert default.class_means is not None and default.regularizer.temperature == 0.5
