@@ -1,7 +1,10 @@
 """The runner's loss registry: ``LOSSES[name](cfg, num_classes)`` returns a :class:`LossSetup`, everything the runner
-needs to train and evaluate that loss. Adding a loss is one builder function and one line in ``LOSSES``."""
+needs to train and evaluate that loss. Adding a loss is one builder function decorated with ``@register_loss(name)``
+(timm's ``register_model`` style): the registry refuses a duplicate name, a name ``--loss`` could not parse and a
+builder without a docstring (the runner's ``--help`` lists them)."""
 
 import dataclasses
+import re
 from typing import Callable, Optional
 
 import torch
@@ -58,6 +61,25 @@ class LossSetup:
     class_proxies: Optional[Callable] = None
 
 
+LOSSES = {}
+
+
+def register_loss(name):
+    """Decorator: add ``builder(cfg, num_classes) -> LossSetup`` to ``LOSSES`` as ``name``."""
+    if not re.fullmatch(r"[a-z][a-z0-9_+]*", name):
+        raise ValueError(f"loss name {name!r}: use lower-case letters, digits, '_' and '+' ('--loss' splits on commas)")
+    if name in LOSSES or name == "all":
+        raise ValueError(f"loss name {name!r} is already taken")
+
+    def add(builder):
+        if not (builder.__doc__ or "").strip():
+            raise ValueError(f"loss {name!r}: give its builder a docstring saying what it trains")
+        LOSSES[name] = builder
+        return builder
+
+    return add
+
+
 POINCARE = {"poincare": EvalSpace("poincare")}
 COSINE = {"cosine": EvalSpace("cosine")}
 
@@ -71,6 +93,7 @@ def _class_directions(proxies, k):
     return HypHCProxyRegularizer.class_directions(proxies, k)
 
 
+@register_loss("softtriple")
 def softtriple(cfg, num_classes):
     """pml ``SoftTripleLoss`` on the sphere with the paper's settings (K = 10, λ = 20, γ = 0.1, δ = 0.01, center
     regularizer τ = 0.2); centers at 100× the learning rate (official code)."""
@@ -88,6 +111,7 @@ def softtriple(cfg, num_classes):
     return LossSetup(loss, "sphere", COSINE, [(loss, _scale(cfg, 100))], class_proxies=centers)
 
 
+@register_loss("hyperbolic_softtriple")
 def hyperbolic_softtriple(cfg, num_classes):
     """``HyperbolicSoftTripleLoss``: SoftTriple with proxies in the ball and −d as similarity (the loss's defaults);
     proxies at 10³× the learning rate (``benchmarks/digits_softtriple.py``'s choice: proxy lr 1.0 for lr 1e-3)."""
@@ -98,12 +122,14 @@ def hyperbolic_softtriple(cfg, num_classes):
     )  # fmt: skip
 
 
+@register_loss("proxy_anchor")
 def proxy_anchor(cfg, num_classes):
     """pml ``ProxyAnchorLoss`` (α = 32, δ = 0.1) on the sphere; proxies at 100× the learning rate (official code)."""
     loss = losses.ProxyAnchorLoss(num_classes, cfg.embedding_size, margin=0.1, alpha=32)
     return LossSetup(loss, "sphere", COSINE, [(loss, _scale(cfg, 100))], class_proxies=lambda loss: loss.proxies)
 
 
+@register_loss("proxy_anchor+hier")
 def proxy_anchor_hier(cfg, num_classes):
     """HIER (CVPR 2023): Proxy-Anchor on the L2-normalised ball points + λ·``HIERLoss`` (λ = ``--hier-weight``),
     head LayerNorm → Linear → ToPoincare(riemannian=True), evaluated with the Poincaré distance."""
@@ -127,6 +153,7 @@ def proxy_anchor_hier(cfg, num_classes):
     )
 
 
+@register_loss("chest")
 def chest(cfg, num_classes):
     """CHEST (arXiv 2510.05643): ``CHESTLoss`` in layout (b) with its defaults, except the regularizer
     (``--chest-regularizer``) and its weight (``--chest-regularizer-weight``) when given; ``EuclideanHyperbolicHead``
@@ -158,23 +185,14 @@ def chest(cfg, num_classes):
     )
 
 
+@register_loss("contrastive")
 def contrastive(cfg, num_classes):
     """pml ``SupConLoss`` with cosine similarity on the sphere (the Sph- baseline of Hyp-ViT, τ = 0.1)."""
     return LossSetup(losses.SupConLoss(temperature=0.1), "sphere", COSINE)
 
 
+@register_loss("hyperbolic_contrastive")
 def hyperbolic_contrastive(cfg, num_classes):
     """Hyp-ViT (CVPR 2022): pml ``SupConLoss`` on −d_c/τ with ``PoincareDistance`` (τ = ``--temperature``)."""
     loss = losses.SupConLoss(temperature=cfg.temperature, distance=PoincareDistance(c=cfg.curvature))
     return LossSetup(loss, "ball", POINCARE)
-
-
-LOSSES = {
-    "softtriple": softtriple,
-    "hyperbolic_softtriple": hyperbolic_softtriple,
-    "proxy_anchor": proxy_anchor,
-    "proxy_anchor+hier": proxy_anchor_hier,
-    "chest": chest,
-    "contrastive": contrastive,
-    "hyperbolic_contrastive": hyperbolic_contrastive,
-}

@@ -166,3 +166,27 @@ def test_presets_and_dataset_defaults():
     assert parse_args(["--seeds", "3,1"]).seeds == [3, 1]
     cfg = parse_args(["--dataset", "fashion-mnist"])
     assert (cfg.backbone, cfg.batch_size, cfg.m_per_class) == ("cnn", 50, 10)
+
+
+def test_loss_registry_adds_a_builder_and_refuses_bad_entries(monkeypatch, capsys):
+    """``@register_loss`` adds a builder to the registry ``--loss`` reads; duplicates, unparsable names and
+    undocumented builders are refused when the module is imported, not when a run starts."""
+    from pml_hyperbolic_examples import losses
+
+    monkeypatch.setattr(losses, "LOSSES", dict(losses.LOSSES))
+
+    @losses.register_loss("my_softtriple")
+    def my_softtriple(cfg, num_classes):
+        """pml SoftTriple under another name."""
+        return losses.softtriple(cfg, num_classes)
+
+    assert losses.LOSSES["my_softtriple"] is my_softtriple
+    with pytest.raises(ValueError, match="already taken"):
+        losses.register_loss("chest")
+    with pytest.raises(ValueError, match="already taken"):
+        losses.register_loss("all")
+    with pytest.raises(ValueError, match="splits on commas"):
+        losses.register_loss("a,b")
+    with pytest.raises(ValueError, match="docstring"):
+        losses.register_loss("undocumented")(lambda cfg, num_classes: None)
+    assert "undocumented" not in losses.LOSSES

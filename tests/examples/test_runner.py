@@ -4,10 +4,12 @@ import glob
 import json
 import math
 import os
+import sqlite3
 
 import pytest
 import torch
 from benchmark_folders import write_cars, write_cub, write_fashion_mnist, write_inshop, write_sop
+from PIL import Image
 from pml_hyperbolic_examples import losses as registry
 from pml_hyperbolic_examples.losses import EvalSpace, LossSetup
 from pml_hyperbolic_examples.train import main
@@ -26,10 +28,24 @@ TINY_IMAGES = [
 FAST_DIGITS = ["--samples-per-epoch", "100", "--hier-proxies", "32", "--hier-topk", "10"]
 
 
+def assert_figure(path):
+    """A readable image of a plausible figure size with something drawn on it (not one flat colour)."""
+    with Image.open(path) as image:
+        assert image.format == "PNG" and min(image.size) >= 200, (path, image.size)
+        low, high = zip(*image.convert("RGB").getextrema())
+        assert max(high) - min(low) > 100, path
+
+
 def check_outputs(out, epoch=1, loss_has_parameters=True, best_epoch=None):
     """The files of a run; "best" checkpoints only when a validation split selected ``best_epoch``."""
-    for name in ("results.json", "results.csv", "recall.png", "embeddings.png", "logs/logs.db"):
-        assert os.path.getsize(os.path.join(out, name)) > 0, name
+    results = json.load(open(os.path.join(out, "results.json")))
+    assert results["last"]["epoch"] == epoch
+    with open(os.path.join(out, "results.csv")) as f:
+        assert [int(row["epoch"]) for row in csv.DictReader(f)] == list(range(1, epoch + 1))
+    for name in ("recall.png", "embeddings.png"):
+        assert_figure(os.path.join(out, name))
+    with sqlite3.connect(os.path.join(out, "logs", "logs.db")) as db:  # record-keeper's tables
+        assert db.execute("SELECT count(*) FROM sqlite_master WHERE type = 'table'").fetchone()[0] > 0
     assert glob.glob(os.path.join(out, "tensorboard", "events.out.tfevents.*"))
     saved = {os.path.basename(p) for p in glob.glob(os.path.join(out, "saved_models", "*.pth"))}
     keys = ["trunk", "embedder", "trunk_optimizer", "embedder_optimizer", "trunk_scheduler_by_epoch", "run_state"]
@@ -206,8 +222,13 @@ def test_compare_prints_a_table_and_writes_the_comparison(tmp_path, capsys):
         space = table[name]["space"]
         values = [r["last"][space]["mean_average_precision_at_r"] for r in runs]
         assert table[name]["metrics"]["mean_average_precision_at_r"][0] == pytest.approx(sum(values) / 2)
-    for name in ("comparison.md", "comparison.json", "comparison.csv", "comparison.png", "comparison_maps.png"):
-        assert os.path.getsize(tmp_path / name) > 0
+    markdown = (tmp_path / "comparison.md").read_text()
+    assert "| proxy_anchor | cosine |" in markdown and "| hyperbolic_contrastive | poincare |" in markdown
+    assert json.load(open(tmp_path / "comparison.json"))["table"].keys() == table.keys()
+    with open(tmp_path / "comparison.csv") as f:
+        assert {row["loss"] for row in csv.DictReader(f)} == set(table)
+    for name in ("comparison.png", "comparison_maps.png"):
+        assert_figure(tmp_path / name)
 
 
 @pytest.mark.parametrize("loss", ["two_space", "chest"])
