@@ -135,6 +135,24 @@ def cdist_backward(grad, q, a, b, c):
     return q, row_k, row_eq, col_ka, col_eq
 
 
+def cdist_flagged(q, count):
+    """(rows, cols) of the pairs among the forward's ``count`` flagged ones with q < 0 (identical points, q = 0,
+    need no gradient), in row-major order."""
+    rows, cols = torch.empty(count, dtype=torch.int64), torch.empty(count, dtype=torch.int64)
+    found = library().poincare_cdist_flagged(_ptr(q, _F32), q.shape[0], q.shape[1], _ptr(rows, _I64), _ptr(cols, _I64))
+    return rows[:found], cols[:found]
+
+
+def cdist_pair_grads(x, y, rows, cols, w, grad_x, grad_y):
+    """In place: ``grad_x[rows] += w (x[rows] - y[cols])``, ``grad_y[cols] -= w (x[rows] - y[cols])`` for the pairs
+    of :func:`cdist_flagged`, from exact differences (``csrc/poincare_cdist.c``); the targets are contiguous
+    float32. Each target row is summed in pair order, whatever the thread count."""
+    x, y, w = x.contiguous(), y.contiguous(), w.to(torch.float32).contiguous()
+    _check(library().poincare_cdist_pair_grads(_ptr(x, _F32), _ptr(y, _F32), y.shape[0], x.shape[1],
+                                               _ptr(rows, _I64), _ptr(cols, _I64), _ptr(w, _F32), rows.numel(),
+                                               _ptr(grad_x, _F32), _ptr(grad_y, _F32), torch.get_num_threads()))
+
+
 def relaxed_similarity_forward(m, sign, gamma):
     """(S, p) of ``csrc/relaxed_similarity.c`` for the float32 CPU block ``m`` (B×K×C)."""
     m = m.contiguous()

@@ -200,7 +200,7 @@ class _NativeCdist(torch.autograd.Function):
         need_grad = any(ctx.needs_input_grad[:2])
         d, q, a, b, n_exact = native.cdist_forward(x, y, c, _CANCELLATION_KAPPA[torch.float32], need_grad)
         if need_grad:
-            ctx.pairs = (q < 0).nonzero(as_tuple=True) if n_exact else None  # recomputed from exact differences
+            ctx.pairs = native.cdist_flagged(q, n_exact) if n_exact else None  # recomputed from exact differences
             ctx.save_for_backward(x, y, q, a, b, d)
             ctx.c, ctx.q_spent = c, False
         return d
@@ -229,8 +229,7 @@ class _NativeCdist(torch.autograd.Function):
         grad_y = torch.addmm(y * col_ka.addcmul_(b, col_eq).unsqueeze(1), K.t(), x * a.unsqueeze(1), alpha=-1)
         grad_y.mul_(2 * ctx.c)
         if ctx.pairs is not None:
-            w = wx[rows] * k_exact
-            _exact_pair_grads(x, y, rows, cols, w, w, grad_x, grad_y)
+            native.cdist_pair_grads(x, y, rows, cols, wx[rows] * k_exact, grad_x, grad_y)
         return grad_x, grad_y, None
 
 

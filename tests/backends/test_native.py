@@ -235,3 +235,31 @@ def test_relaxed_similarity_kernel_matches_torch(sign, monkeypatch):
     assert torch.isfinite(out[0][0]).all() and torch.isfinite(out[0][1]).all()
     torch.testing.assert_close(out[0][0], out[1][0], rtol=1e-5, atol=1e-5)
     torch.testing.assert_close(out[0][1], out[1][1], rtol=1e-4, atol=1e-5)
+
+
+@needs_compiler
+def test_cdist_pair_grads_match_index_add_in_float64_and_do_not_depend_on_threads():
+    """The close pairs' gradient terms w (x_i - y_j), added to grad_x's rows and taken from grad_y's, against a
+    float64 ``index_add_``; many pairs per row and per column, enough work for several threads."""
+    g = torch.Generator().manual_seed(0)
+    n, m, dim, p = 300, 400, 128, 20000
+    x, y = torch.randn(n, dim, generator=g), torch.randn(m, dim, generator=g)
+    flat = torch.randperm(n * m, generator=g)[:p].sort().values  # row-major order, as nonzero gives them
+    rows, cols = flat // m, flat % m
+    w = torch.randn(p, generator=g)
+    diff = x.double()[rows] - y.double()[cols]
+    want_x = torch.zeros(n, dim, dtype=torch.float64).index_add_(0, rows, w.double()[:, None] * diff)
+    want_y = torch.zeros(m, dim, dtype=torch.float64).index_add_(0, cols, -w.double()[:, None] * diff)
+    threads = torch.get_num_threads()
+    results = []
+    try:
+        for count in (1, 4):
+            torch.set_num_threads(count)
+            gx, gy = torch.ones(n, dim), torch.ones(m, dim)  # added to, not overwritten
+            native.cdist_pair_grads(x, y, rows, cols, w, gx, gy)
+            results.append((gx, gy))
+    finally:
+        torch.set_num_threads(threads)
+    for got, want in zip(results[0], (want_x, want_y)):
+        torch.testing.assert_close(got.double() - 1, want, rtol=1e-5, atol=1e-4)
+    assert all(torch.equal(a, b) for a, b in zip(*results))  # each row summed in pair order, whatever the threads

@@ -20,7 +20,7 @@
 
    This kernel overwrites q with K and returns the four sums; the caller forms the two matrix products. The sums of K
    leave the flagged pairs out: their K_ij (x_i - y_j) terms cancel in the products, and the caller adds them from
-   exact differences. */
+   exact differences (poincare_cdist_pair_grads). */
 
 #include <stdint.h>
 #include <stdlib.h>
@@ -173,5 +173,89 @@ int poincare_cdist_backward(const float *grad, float *q, const float *a, const f
             col_eq[j] += jobs[t].col_eq[j];
         }
     free(partial);
+    return failed;
+}
+
+/* The flagged pairs with q_ij < 0 (identical points, q = -0, need no gradient) in row-major order into rows, cols
+   (room for the forward's count); returns their number. */
+int64_t poincare_cdist_flagged(const float *q, int64_t N, int64_t M, int64_t *rows, int64_t *cols) {
+    int64_t p = 0;
+    for (int64_t i = 0; i < N; i++) {
+        const float *restrict qi = q + i * M;
+        for (int64_t j = 0; j < M; j++)
+            if (qi[j] < 0.0f) {
+                rows[p] = i;
+                cols[p++] = j;
+            }
+    }
+    return p;
+}
+
+typedef struct {
+    const float *x, *y, *w;
+    const int64_t *rows, *cols, *order;
+    int64_t D, begin, end;
+    int to_y;
+    float *out;
+} pairs_job_t;
+
+static void *pair_grads(void *arg) {
+    const pairs_job_t *job = arg;
+    const int64_t D = job->D;
+    for (int64_t idx = job->begin; idx < job->end; idx++) {
+        const int64_t p = job->order ? job->order[idx] : idx, i = job->rows[p], j = job->cols[p];
+        const float w = job->to_y ? -job->w[p] : job->w[p];
+        const float *restrict xi = job->x + i * D, *restrict yj = job->y + j * D;
+        float *restrict out = job->out + (job->to_y ? j : i) * D;
+        for (int64_t k = 0; k < D; k++) out[k] += w * (xi[k] - yj[k]);
+    }
+    return NULL;
+}
+
+/* Splits the P pairs, visited in `order` (NULL: 0..P-1) with their targets `key` grouped, at target boundaries:
+   each thread owns whole targets, so every target is summed in pair order whatever the thread count. */
+static int run_pairs(const pairs_job_t *proto, const int64_t *key, int64_t P, int n_threads) {
+    pairs_job_t jobs[MAX_THREADS];
+    const int n = threads_for(3.0 * (double)P * (double)proto->D, n_threads);
+    int64_t begin = 0;
+    for (int t = 0; t < n; t++) {
+        int64_t end = t == n - 1 ? P : P * (t + 1) / n;
+        if (end < begin) end = begin;
+        while (end > begin && end < P && key[end] == key[end - 1]) end++;
+        jobs[t] = *proto;
+        jobs[t].begin = begin;
+        jobs[t].end = end;
+        begin = end;
+    }
+    return run_jobs(pair_grads, jobs, sizeof(pairs_job_t), n);
+}
+
+/* The flagged pairs' gradient terms from exact differences, for the P pairs (rows[p], cols[p]) in row-major order
+   with weights w[p]:  grad_x[i] += w (x_i - y_j),  grad_y[j] -= w (x_i - y_j)  (y has M rows). Returns nonzero if
+   out of memory. */
+int poincare_cdist_pair_grads(const float *x, const float *y, int64_t M, int64_t D, const int64_t *rows,
+                              const int64_t *cols, const float *w, int64_t P, float *grad_x, float *grad_y,
+                              int n_threads) {
+    pairs_job_t proto = {x, y, w, rows, cols, NULL, D, 0, P, 0, grad_x};
+    int failed = run_pairs(&proto, rows, P, n_threads);
+    /* grad_y: the pairs grouped by column (a stable counting sort) */
+    int64_t *order = malloc(sizeof(int64_t) * (size_t)(P + M + 1)), *start = order + P, *key = NULL;
+    if (!order) return 1;
+    for (int64_t j = 0; j <= M; j++) start[j] = 0;
+    for (int64_t p = 0; p < P; p++) start[cols[p] + 1]++;
+    for (int64_t j = 0; j < M; j++) start[j + 1] += start[j];
+    for (int64_t p = 0; p < P; p++) order[start[cols[p]]++] = p;
+    key = malloc(sizeof(int64_t) * (size_t)(P + 1));
+    if (!key) {
+        free(order);
+        return 1;
+    }
+    for (int64_t idx = 0; idx < P; idx++) key[idx] = cols[order[idx]];
+    proto.order = order;
+    proto.to_y = 1;
+    proto.out = grad_y;
+    failed |= run_pairs(&proto, key, P, n_threads);
+    free(key);
+    free(order);
     return failed;
 }
