@@ -20,7 +20,7 @@ import argparse
 import sys
 
 import torch
-from bench_utils import time_ms
+from bench_utils import graphed, time_ms
 
 B, TAU, MARGIN = 180, 0.1, 0.1
 SIZES = [(512, 50), (32, 10)]  # (P, triplets per anchor)
@@ -65,20 +65,6 @@ def steps(dist, triplets, upstream):
         return triton_step(key)
 
     return {"torch": torch_step, "triton, key": triton_key, "triton, uniforms": lambda: triton_step(uniforms())}
-
-
-def graphed(fn, device):
-    """``fn`` captured in a CUDA graph (after a warm-up on a side stream); returns the replay."""
-    stream = torch.cuda.Stream(device)
-    stream.wait_stream(torch.cuda.current_stream(device))
-    with torch.cuda.stream(stream):
-        for _ in range(2):
-            fn()
-    torch.cuda.current_stream(device).wait_stream(stream)
-    graph = torch.cuda.CUDAGraph()
-    with torch.cuda.graph(graph):
-        fn()
-    return graph.replay
 
 
 def counts(fn):

@@ -98,16 +98,19 @@ DEFAULT = "hyphc"
 # ---- The follow-up (--scale-stage): the search with one more stage for each loss, the (la, gamma) of pml's stage for
 # HyperbolicSoftTriple and for CHEST's parts (docs/results/quality_scale_selection.md; tables: quality_scale.md).
 SCALE = dict(la=80, gamma=0.03)
+
+
+def _with_loss(config, **loss):
+    return {**config, "loss": {**config["loss"], **loss}}
+
+
+BOTH = dict(euclidean_kwargs=SCALE, hyperbolic_kwargs=SCALE)
 SCALE_CHEST = {
-    "hyphc": {**CHEST_BASE, "loss": dict(euclidean_kwargs=SCALE, hyperbolic_kwargs=SCALE, regularizer="hyphc",
-                                         regularizer_weight=1.0, regularizer_kwargs=dict(
-        similarity="class_means", temperature=0.5, sampling="batch"))},
-    "hyphc_library": {**CHEST_BASE, "loss": dict(euclidean_kwargs=SCALE, hyperbolic_kwargs=SCALE, regularizer="hyphc",
-                                                 regularizer_weight=1.0, regularizer_kwargs=dict(
-        similarity="euclidean", temperature=0.2, sampling="batch"))},
-    "hier": {**CHEST_BASE, "loss": dict(euclidean_kwargs=SCALE, hyperbolic_kwargs=SCALE, regularizer="hier",
-                                        regularizer_weight=1.0)},
-    None: {**CHEST_BASE, "loss": dict(euclidean_kwargs=SCALE, hyperbolic_kwargs=SCALE, regularizer=None)},
+    "hyphc": _with_loss(CHEST["hyphc"], **BOTH, regularizer_weight=1.0,
+                        regularizer_kwargs=dict(similarity="class_means", temperature=0.5, sampling="batch")),
+    "hyphc_library": _with_loss(CHEST["hyphc_library"], **BOTH),
+    "hier": _with_loss(CHEST["hier"], **BOTH, regularizer_weight=1.0),
+    None: _with_loss(CHEST[None], **BOTH),
 }  # fmt: skip
 SCALE_DEFAULT = "hier"  # the rule's choice there: HIER 38.82 mean MAP@R on the selection seeds, HypHC 36.94
 SCALE_STAGE = False  # set by --scale-stage
@@ -315,35 +318,32 @@ def select(runner, datasets, seeds, budget=None):
     base = best("chest: D_E / D", [{**base, "euclidean_fraction": f} for f in (0.25, 0.5, 0.75)])
     base = best("chest: proxy lr again", [{**base, "proxy_lr_scale": s} for s in (1, 10, 100)])
 
-    def with_loss(config, **loss):
-        return {**config, "loss": {**config["loss"], **loss}}
-
     if SCALE_STAGE:  # pml's (la, gamma) options for CHEST's Euclidean part alone and for both parts
         base = best(
             "chest: la",
             [base]
-            + [with_loss(base, euclidean_kwargs=s) for s in scales]
-            + [with_loss(base, euclidean_kwargs=s, hyperbolic_kwargs=s) for s in scales],
+            + [_with_loss(base, euclidean_kwargs=s) for s in scales]
+            + [_with_loss(base, euclidean_kwargs=s, hyperbolic_kwargs=s) for s in scales],
         )
 
     def hyphc(config, **options):
         kwargs = {**config["loss"].get("regularizer_kwargs", {}), **options}
-        return with_loss(config, regularizer_kwargs=kwargs)
+        return _with_loss(config, regularizer_kwargs=kwargs)
 
-    h = hyphc(with_loss(base, regularizer="hyphc", regularizer_weight=1.0), sampling="batch", temperature=0.2)
+    h = hyphc(_with_loss(base, regularizer="hyphc", regularizer_weight=1.0), sampling="batch", temperature=0.2)
     h = best("hyphc: similarity", [hyphc(h, similarity=s) for s in ("euclidean", "hyperbolic", "class_means")])
-    h = best("hyphc: weight", [with_loss(h, regularizer_weight=w) for w in (0.3, 1.0, 3.0, 10.0, 30.0)])
+    h = best("hyphc: weight", [_with_loss(h, regularizer_weight=w) for w in (0.3, 1.0, 3.0, 10.0, 30.0)])
     h = best("hyphc: temperature", [hyphc(h, temperature=t) for t in (0.05, 0.2, 0.5)])
     h = best("hyphc: leaves", [h, hyphc(h, leaves="proxies")])
     h = best("hyphc: sampling", [h, hyphc(h, sampling="uniform", num_triplets=1000)])
     # HypHC with a data-driven similarity (running class means of the Euclidean embeddings, "class_means"): the
     # variant that moves the tree's hierarchy.
-    m = hyphc(with_loss(base, regularizer="hyphc", regularizer_weight=1.0), sampling="batch", temperature=0.2,
+    m = hyphc(_with_loss(base, regularizer="hyphc", regularizer_weight=1.0), sampling="batch", temperature=0.2,
               similarity="class_means")  # fmt: skip
-    m = best("hyphc, class means: weight", [with_loss(m, regularizer_weight=w) for w in (1.0, 3.0, 10.0)])
+    m = best("hyphc, class means: weight", [_with_loss(m, regularizer_weight=w) for w in (1.0, 3.0, 10.0)])
     m = best("hyphc, class means: leaves", [m, hyphc(m, leaves="proxies")])
-    hier = with_loss(base, regularizer="hier")
-    hier = best("hier: weight", [with_loss(hier, regularizer_weight=w) for w in (0.1, 0.5, 1.0, 2.0)])
+    hier = _with_loss(base, regularizer="hier")
+    hier = best("hier: weight", [_with_loss(hier, regularizer_weight=w) for w in (0.1, 0.5, 1.0, 2.0)])
     chest = {"hyphc": h, "hyphc_class_means": m, "hier": hier, None: base}
     default = next(reg for reg, c in chest.items() if c is chosen_among(list(chest.values())))
     return dict(pml=pml, hyp=hyp, chest=chest, default=default), tried

@@ -7,7 +7,6 @@ import pytest
 import torch
 
 from pml_hyperbolic import backends, poincare
-from pml_hyperbolic.backends import native
 
 C = 0.1
 R = 1 / math.sqrt(C)  # ball radius
@@ -43,25 +42,6 @@ def near_pairs(n, dim, radius_frac, target_d, gen):
     v = v / v.norm(dim=1, keepdim=True)
     y = poincare.project(x + (target_d / lam) * v, C)
     return x, y
-
-
-PATHS = [("cpu", "native"), ("cpu", "torch"), ("cpu", "triton")]
-if torch.cuda.is_available():
-    PATHS += [("cuda", "triton"), ("cuda", "torch")]
-
-
-@pytest.fixture(params=PATHS, ids=["-".join(p) for p in PATHS])
-def path(request):
-    """(device, backend) of cdist: float32 with a constant curvature runs the C kernel on CPU and the Triton kernels
-    on CUDA (on CPU in Triton's interpreter when the tests run without a GPU); "torch" forces the torch kernel."""
-    device, backend = request.param
-    if backend == "native" and native.library() is None:
-        pytest.skip("no C compiler: the native kernels are not available")
-    if device == "cpu" and backend == "triton" and not backends.triton_interpreted():
-        pytest.skip("Triton kernels run on CPU tensors only in Triton's interpreter (TRITON_INTERPRET=1)")
-    with backends.use(backend):
-        assert backends.select(torch.empty(1, device=device)) == backend
-        yield torch.device(device)
 
 
 @pytest.mark.parametrize("dim", [2, 16, 128, 1024])

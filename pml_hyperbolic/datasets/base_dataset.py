@@ -1,6 +1,7 @@
 import os
 
 from pytorch_metric_learning.datasets import BaseDataset
+from torch.utils.data import Dataset
 
 
 class LocalDataset(BaseDataset):
@@ -54,3 +55,30 @@ class LocalDataset(BaseDataset):
         if self.target_transform is not None:
             label = self.target_transform(label)
         return img, label
+
+
+class InMemoryDataset(Dataset):
+    """A small dataset held as tensors, with a zero-shot ``"train"`` / ``"test"`` / ``"train+test"`` split:
+    subclasses call ``super().__init__(split, ...)`` first, then set ``self.data`` (images as a float tensor) and
+    ``self.labels`` (int64 numpy)."""
+
+    recall_at = (1, 2, 4, 8)
+
+    def __init__(self, split, transform=None, target_transform=None):
+        if split not in self.get_available_splits():
+            raise ValueError(f"Supported splits are: {', '.join(self.get_available_splits())}")
+        self.split, self.transform, self.target_transform = split, transform, target_transform
+
+    def get_available_splits(self):
+        return ["train", "test", "train+test"]
+
+    def __len__(self):
+        return len(self.labels)
+
+    def __getitem__(self, idx):
+        x, label = self.data[idx], self.labels[idx]
+        if self.transform is not None:
+            x = self.transform(x)
+        if self.target_transform is not None:
+            label = self.target_transform(label)
+        return x, label

@@ -5,9 +5,9 @@ import tempfile
 
 import numpy as np
 import torch
-from torch.utils.data import Dataset
 
 from ..utils.hierarchy import ClassTree
+from .base_dataset import InMemoryDataset
 
 FILES = (
     "train-images-idx3-ubyte",
@@ -21,7 +21,7 @@ CLASS_NAMES = ("T-shirt/top", "Trouser", "Pullover", "Dress", "Coat", "Sandal", 
 GROUPS = {"tops": (0, 2, 3, 4, 6), "footwear": (5, 7, 9), "trouser": (1,), "bag": (8,)}
 
 
-class FashionMNIST(Dataset):
+class FashionMNIST(InMemoryDataset):
     """Zalando's Fashion-MNIST (Xiao et al., 2017): 28×28 grayscale product photos of 10 classes, from the four idx
     files of the dataset's repository (``.gz`` or extracted), read by torchvision's ``FashionMNIST``.
 
@@ -40,12 +40,10 @@ class FashionMNIST(Dataset):
             file).
     """
 
-    recall_at = (1, 2, 4, 8)
     class_names = CLASS_NAMES
 
     def __init__(self, root=None, split="train", transform=None, target_transform=None):
-        if split not in self.get_available_splits():
-            raise ValueError(f"Supported splits are: {', '.join(self.get_available_splits())}")
+        super().__init__(split, transform, target_transform)
         folder = find_folder(root)
         parts = {"train": [("train", range(0, 5))], "test": [("t10k", range(5, 10))]}
         parts["train+test"] = parts["train"] + parts["test"]
@@ -55,26 +53,9 @@ class FashionMNIST(Dataset):
             keep = torch.isin(targets, torch.tensor(list(classes)))
             data.append(images[keep])
             labels.append(targets[keep])
-        self.split = split
         self.data = (torch.cat(data).float() / 255).unsqueeze(1)
         self.labels = torch.cat(labels).numpy().astype(np.int64)
         self.class_tree = ClassTree({c: (group,) for group, classes in GROUPS.items() for c in classes})
-        self.transform = transform
-        self.target_transform = target_transform
-
-    def get_available_splits(self):
-        return ["train", "test", "train+test"]
-
-    def __len__(self):
-        return len(self.labels)
-
-    def __getitem__(self, idx):
-        x, label = self.data[idx], self.labels[idx]
-        if self.transform is not None:
-            x = self.transform(x)
-        if self.target_transform is not None:
-            label = self.target_transform(label)
-        return x, label
 
 
 def find_folder(root=None):

@@ -1,11 +1,11 @@
 import numpy as np
 import torch
-from torch.utils.data import Dataset
 
 from ..utils.hierarchy import ClassTree
+from .base_dataset import InMemoryDataset
 
 
-class SyntheticTree(Dataset):
+class SyntheticTree(InMemoryDataset):
     """Points whose classes are the leaves of a known tree: the natural test of hierarchical embeddings.
 
     A complete tree with ``branching`` children per node and ``depth`` levels below the root has
@@ -19,8 +19,6 @@ class SyntheticTree(Dataset):
     :class:`~pml_hyperbolic.utils.hierarchy.ClassTree` of all leaves.
     """
 
-    recall_at = (1, 2, 4, 8)
-
     def __init__(
         self,
         split="train+test",
@@ -33,8 +31,7 @@ class SyntheticTree(Dataset):
         seed=0,
         transform=None,
     ):
-        if split not in self.get_available_splits():
-            raise ValueError(f"Supported splits are: {', '.join(self.get_available_splits())}")
+        super().__init__(split, transform)
         if not (int(branching) >= 2 and int(depth) >= 1 and int(dim) >= 1 and int(samples_per_class) >= 1):
             raise ValueError("SyntheticTree needs branching >= 2, depth >= 1, dim >= 1 and samples_per_class >= 1.")
         if not (noise >= 0 and level_decay > 0):
@@ -49,7 +46,6 @@ class SyntheticTree(Dataset):
         x = positions[labels] + rng.standard_normal((len(labels), dim)) * noise / np.sqrt(dim)
         train_class = (np.arange(num_classes) % branching) < branching // 2
         keep = {"train": train_class[labels], "test": ~train_class[labels], "train+test": np.ones(len(labels), bool)}
-        self.split = split
         self.data = torch.tensor(x[keep[split]], dtype=torch.float32)
         self.labels = labels[keep[split]].astype(np.int64)
         self.class_tree = ClassTree(
@@ -58,14 +54,3 @@ class SyntheticTree(Dataset):
                 for leaf in range(num_classes)
             }
         )
-        self.transform = transform
-
-    def get_available_splits(self):
-        return ["train", "test", "train+test"]
-
-    def __len__(self):
-        return len(self.labels)
-
-    def __getitem__(self, idx):
-        x = self.data[idx]
-        return (x if self.transform is None else self.transform(x)), self.labels[idx]

@@ -5,6 +5,7 @@ from .. import backends
 from ..backends import native
 from ..distances import PoincareDistance
 from ..utils.checks import check_embeddings, check_finite
+from ..utils.random import DeviceGenerators
 
 
 class ReciprocalTripletMiner(BaseMiner):
@@ -57,13 +58,12 @@ class ReciprocalTripletMiner(BaseMiner):
             )
         if isinstance(triplets_per_anchor, bool) or not isinstance(triplets_per_anchor, int) or triplets_per_anchor < 1:
             raise ValueError(f"triplets_per_anchor must be an int >= 1, got {triplets_per_anchor!r}.")
-        if isinstance(generator, bool) or not (generator is None or isinstance(generator, (int, torch.Generator))):
-            raise ValueError(f"generator must be None, an int seed or a torch.Generator, got {generator!r}.")
+        generators = DeviceGenerators(generator, "the data")
         self.topk = topk
         self.triplets_per_anchor = triplets_per_anchor
         self.exclude_self_negative = exclude_self_negative
         self.generator = generator
-        self._seeded = {}
+        self._generators = generators
         self.add_to_recordable_attributes(list_of_names=["topk", "triplets_per_anchor"], is_stat=False)
         self.add_to_recordable_attributes(list_of_names=["num_anchors"], is_stat=True)
 
@@ -72,19 +72,7 @@ class ReciprocalTripletMiner(BaseMiner):
 
     def get_generator(self, device):
         """The ``torch.Generator`` to draw from on ``device`` (None means torch's global RNG)."""
-        device = torch.device(device)
-        if isinstance(self.generator, torch.Generator):
-            if self.generator.device.type != device.type:
-                raise ValueError(
-                    f"The generator is on {self.generator.device.type} but the data are on {device.type}: create it "
-                    f"with torch.Generator(device='{device.type}'), or pass an int seed."
-                )
-            return self.generator
-        if self.generator is None:
-            return None
-        if device not in self._seeded:
-            self._seeded[device] = torch.Generator(device=device).manual_seed(self.generator)
-        return self._seeded[device]
+        return self._generators.get(device)
 
     def mine(self, embeddings, labels, ref_emb, ref_labels):
         if ref_emb is not embeddings:

@@ -9,6 +9,7 @@ import torch.nn.functional as F
 from pytorch_metric_learning.regularizers import BaseRegularizer
 
 from .. import backends
+from ..utils.random import DeviceGenerators
 from .relaxed_dasgupta import _MIN_NORM, _depth, _FusedRelaxedDasgupta, _RelaxedDasgupta, _rho, _sq
 
 # HypHC's clamp of the leaves' radius in the unit ball (model/hyphc.py: min scale 1e-2, max_scale 1 - 1e-3).
@@ -156,8 +157,7 @@ class HypHCProxyRegularizer(BaseRegularizer):
             raise ValueError(f"temperature must be a finite number > 0, got {temperature!r}.")
         if dtype not in (torch.float32, torch.float64):
             raise ValueError(f"dtype must be torch.float32 or torch.float64, got {dtype!r}.")
-        if isinstance(generator, bool) or not (generator is None or isinstance(generator, (int, torch.Generator))):
-            raise ValueError(f"generator must be None, an int seed or a torch.Generator, got {generator!r}.")
+        generators = DeviceGenerators(generator, "the proxies")
         super().__init__(**kwargs)
         self.num_classes = num_classes
         self.centers_per_class = centers_per_class
@@ -172,7 +172,7 @@ class HypHCProxyRegularizer(BaseRegularizer):
         self.temperature = float(temperature)
         self.dtype = dtype
         self.generator = generator
-        self._seeded = {}
+        self._generators = generators
         if leaf_radius == "learned":
             self.radius = torch.nn.Parameter(torch.tensor(0.05))
         if isinstance(similarity, torch.Tensor):
@@ -253,19 +253,7 @@ class HypHCProxyRegularizer(BaseRegularizer):
 
     def get_generator(self, device):
         """The ``torch.Generator`` to draw from on ``device`` (None means torch's global RNG)."""
-        device = torch.device(device)
-        if isinstance(self.generator, torch.Generator):
-            if self.generator.device.type != device.type:
-                raise ValueError(
-                    f"The generator is on {self.generator.device.type} but the proxies are on {device.type}: create "
-                    f"it with torch.Generator(device='{device.type}'), or pass an int seed."
-                )
-            return self.generator
-        if self.generator is None:
-            return None
-        if device not in self._seeded:
-            self._seeded[device] = torch.Generator(device=device).manual_seed(self.generator)
-        return self._seeded[device]
+        return self._generators.get(device)
 
     @staticmethod
     def class_directions(proxies, centers_per_class):

@@ -72,3 +72,30 @@ def counter_uniform(key, shape, dtype=torch.float32, device="cpu", first_row=0):
         x = _mix32(_mix32(lo[:, None] + p).bitwise_xor_(hi[:, None]))
         rows[start : start + len(seeds)] = (x >> 9).bitwise_and_(0x7FFFFF).to(dtype).add_(0.5).mul_(2.0**-23)
     return out
+
+
+class DeviceGenerators:
+    """A randomness source given as None (torch's global RNG), an int seed (a ``torch.Generator`` seeded with it is
+    created on each device, so CPU and CUDA generators draw different streams from the same seed) or a
+    ``torch.Generator``; ``get(device)`` returns the generator to draw from on ``device``. ``what`` names the tensors
+    drawn for in the error about a generator on another device."""
+
+    def __init__(self, source, what):
+        if isinstance(source, bool) or not (source is None or isinstance(source, (int, torch.Generator))):
+            raise ValueError(f"generator must be None, an int seed or a torch.Generator, got {source!r}.")
+        self.source, self.what, self._seeded = source, what, {}
+
+    def get(self, device):
+        device = torch.device(device)
+        if isinstance(self.source, torch.Generator):
+            if self.source.device.type != device.type:
+                raise ValueError(
+                    f"The generator is on {self.source.device.type} but {self.what} are on {device.type}: create it "
+                    f"with torch.Generator(device='{device.type}'), or pass an int seed."
+                )
+            return self.source
+        if self.source is None:
+            return None
+        if device not in self._seeded:
+            self._seeded[device] = torch.Generator(device=device).manual_seed(self.source)
+        return self._seeded[device]

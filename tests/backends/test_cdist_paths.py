@@ -7,27 +7,10 @@ import pytest
 import torch
 
 from pml_hyperbolic import backends, poincare
-from pml_hyperbolic.backends import native
 
 C = 0.1
 R = 1 / math.sqrt(C)
 KINDS = ["sphere", "spread", "clustered", "boundary"]
-
-PATHS = [("cpu", "native"), ("cpu", "torch"), ("cpu", "triton")]
-if torch.cuda.is_available():
-    PATHS += [("cuda", "triton"), ("cuda", "torch")]
-
-
-@pytest.fixture(params=PATHS, ids=["-".join(p) for p in PATHS])
-def path(request):
-    device, backend = request.param
-    if backend == "native" and native.library() is None:
-        pytest.skip("no C compiler: the native kernels are not available")
-    if device == "cpu" and backend == "triton" and not backends.triton_interpreted():
-        pytest.skip("Triton kernels run on CPU tensors only in Triton's interpreter (TRITON_INTERPRET=1)")
-    with backends.use(backend):
-        yield torch.device(device)
-
 
 def points(kind, n, dim, gen):
     """float64 ball points: one sphere (0.62 R), spread radii (uniform in [0, 0.95 R]), tight clusters (spread

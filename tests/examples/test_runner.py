@@ -91,10 +91,8 @@ def test_benchmark_formats_end_to_end(tmp_path, dataset, writer, loss, space):
         assert json.load(f)["result"][space] == metrics
 
 
-def test_resume_after_an_interruption_equals_an_uninterrupted_run(tmp_path, monkeypatch):
-    common = ["--loss", "proxy_anchor+hier", "--deterministic", "--epochs", "2", *FAST_DIGITS]
-    full = main(common + ["--output", str(tmp_path / "full")])
-
+def interrupted_then_resumed(argv, output, monkeypatch):
+    """``main(argv)`` into ``output``, interrupted at the first step of epoch 2, then resumed; returns the result."""
     forward_and_backward = RecipeTrainer.forward_and_backward
 
     def crash_in_epoch_2(self):
@@ -104,9 +102,15 @@ def test_resume_after_an_interruption_equals_an_uninterrupted_run(tmp_path, monk
 
     monkeypatch.setattr(RecipeTrainer, "forward_and_backward", crash_in_epoch_2)
     with pytest.raises(KeyboardInterrupt):
-        main(common + ["--output", str(tmp_path / "resumed")])
+        main(argv + ["--output", str(output)])
     monkeypatch.setattr(RecipeTrainer, "forward_and_backward", forward_and_backward)
-    resumed = main(common + ["--output", str(tmp_path / "resumed"), "--resume"])
+    return main(argv + ["--output", str(output), "--resume"])
+
+
+def test_resume_after_an_interruption_equals_an_uninterrupted_run(tmp_path, monkeypatch):
+    common = ["--loss", "proxy_anchor+hier", "--deterministic", "--epochs", "2", *FAST_DIGITS]
+    full = main(common + ["--output", str(tmp_path / "full")])
+    resumed = interrupted_then_resumed(common, tmp_path / "resumed", monkeypatch)
 
     files = sorted(glob.glob(str(tmp_path / "full" / "saved_models" / "*_2.pth")))
     assert len(files) == 10  # trunk, embedder, metric_loss, run_state + optimizers and schedulers
@@ -131,18 +135,7 @@ def test_image_runs_with_workers_resume_exactly(tmp_path, monkeypatch):
     common = ["--dataset", "cub", "--data-root", folder, "--loss", "proxy_anchor", *TINY_IMAGES, "--epochs", "2"]
     common += ["--num-workers", "2", "--deterministic"]
     full = main(common + ["--output", str(tmp_path / "full")])
-    forward_and_backward = RecipeTrainer.forward_and_backward
-
-    def crash_in_epoch_2(self):
-        if self.epoch == 2 and self.iteration == 1:
-            raise KeyboardInterrupt
-        forward_and_backward(self)
-
-    monkeypatch.setattr(RecipeTrainer, "forward_and_backward", crash_in_epoch_2)
-    with pytest.raises(KeyboardInterrupt):
-        main(common + ["--output", str(tmp_path / "resumed")])
-    monkeypatch.setattr(RecipeTrainer, "forward_and_backward", forward_and_backward)
-    resumed = main(common + ["--output", str(tmp_path / "resumed"), "--resume"])
+    resumed = interrupted_then_resumed(common, tmp_path / "resumed", monkeypatch)
     for path in glob.glob(str(tmp_path / "full" / "saved_models" / "*_2.pth")):
         a = torch.load(path, weights_only=False)
         b = torch.load(str(tmp_path / "resumed" / "saved_models" / os.path.basename(path)), weights_only=False)

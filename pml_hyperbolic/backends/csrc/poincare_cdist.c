@@ -239,23 +239,17 @@ int poincare_cdist_pair_grads(const float *x, const float *y, int64_t M, int64_t
     pairs_job_t proto = {x, y, w, rows, cols, NULL, D, 0, P, 0, grad_x};
     int failed = run_pairs(&proto, rows, P, n_threads);
     /* grad_y: the pairs grouped by column (a stable counting sort) */
-    int64_t *order = malloc(sizeof(int64_t) * (size_t)(P + M + 1)), *start = order + P, *key = NULL;
+    int64_t *order = malloc(sizeof(int64_t) * (size_t)(2 * P + M + 1)), *key = order + P, *start = key + P;
     if (!order) return 1;
     for (int64_t j = 0; j <= M; j++) start[j] = 0;
     for (int64_t p = 0; p < P; p++) start[cols[p] + 1]++;
     for (int64_t j = 0; j < M; j++) start[j + 1] += start[j];
     for (int64_t p = 0; p < P; p++) order[start[cols[p]]++] = p;
-    key = malloc(sizeof(int64_t) * (size_t)(P + 1));
-    if (!key) {
-        free(order);
-        return 1;
-    }
     for (int64_t idx = 0; idx < P; idx++) key[idx] = cols[order[idx]];
     proto.order = order;
     proto.to_y = 1;
     proto.out = grad_y;
     failed |= run_pairs(&proto, key, P, n_threads);
-    free(key);
     free(order);
     return failed;
 }
